@@ -48,7 +48,7 @@ class Embedder:
         path = resolve_model(model)
         local_only = Path(path).exists()
         self._model = SentenceTransformer(path, device=self.device, local_files_only=local_only)
-        dim = self._model.get_sentence_embedding_dimension()
+        dim = self._model.get_embedding_dimension()
         assert dim is not None, f"model {model} does not report its embedding dimension"
         self.dim: int = dim
         self.batch_size = batch_size
