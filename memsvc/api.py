@@ -1,0 +1,215 @@
+"""Tenant routes (/v1): ingest, jobs, search, erasure; and the key check every /v1 route makes."""
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from memsvc import recall, store
+from memsvc.db import transaction
+from memsvc.errors import Forbidden, Invalid, NotFound, Unauthorized
+from memsvc.jobs import enqueue_build
+from memsvc.schemas import (
+    HitOut,
+    IngestRequest,
+    IngestResponse,
+    JobOut,
+    SearchRequest,
+    SearchResponse,
+)
+from memsvc.state import AppState
+
+log = logging.getLogger(__name__)
+
+bearer = HTTPBearer(auto_error=False)
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: int | None  # None for the admin key
+    tenant: str | None
+    key_id: int | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.tenant_id is None
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.memsvc
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_caller(
+    state: StateDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise Unauthorized("missing Authorization: Bearer <key>")
+    secret = creds.credentials
+    admin = state.settings.admin_key
+    if admin is not None and hmac.compare_digest(secret.encode(), admin.get_secret_value().encode()):
+        return Caller(tenant_id=None, tenant=None, key_id=None)
+    with state.factory() as session:
+        found = store.find_key(session, secret)
+    if found is None:
+        raise Unauthorized("unknown or revoked key")
+    key, tenant = found
+    return Caller(tenant_id=tenant.id, tenant=tenant.name, key_id=key.id)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def tenant_of(caller: Caller) -> int:
+    if caller.tenant_id is None:
+        raise Forbidden("the admin key manages keys; use a tenant key for memory routes")
+    return caller.tenant_id
+
+
+def require_user(session: Session, caller: Caller, user_id: str) -> int:
+    user = store.get_user(session, tenant_of(caller), user_id)
+    if user is None:
+        raise NotFound(f"user {user_id!r} not found")
+    return user.id
+
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post(
+    "/users/{user_id}/sessions/{session_id}/messages",
+    status_code=202,
+    response_model=IngestResponse,
+    responses={200: {"model": IngestResponse, "description": "wait=true and the memory is searchable"}},
+)
+def ingest(
+    user_id: str, session_id: str, body: IngestRequest, state: StateDep, caller: CallerDep
+) -> Response:
+    """Store messages and queue their memory building, all in one transaction."""
+    tenant_id = tenant_of(caller)
+    messages = [
+        store.NewMessage(
+            external_id=m.id,
+            role=m.role,
+            speaker=m.speaker or m.role,
+            content=m.content,
+            created_at=m.created_at,
+        )
+        for m in body.messages
+    ]
+    with transaction(state.factory) as session:
+        user = store.get_or_create_user(session, tenant_id, _checked_id(user_id, "user_id"))
+        chat = store.get_or_create_session(session, user.id, _checked_id(session_id, "session_id"))
+        job = store.create_job(session, user.id, chat.id)
+        accepted = store.insert_messages(session, user.id, chat.id, job.id, messages)
+        if accepted:
+            enqueue_build(state.queue, session, job.id, user.id)
+        else:
+            store.set_job_status(session, job.id, "done")
+    status = "queued" if accepted else "done"
+    log.info(
+        "ingest user=%s session=%s job=%s accepted=%d duplicates=%d",
+        user_id,
+        session_id,
+        job.id,
+        accepted,
+        len(messages) - accepted,
+    )
+    code = 202
+    if body.wait and accepted:
+        status = wait_for_job(state, job.id)
+        code = 200 if status == "done" else 202
+    elif body.wait:
+        code = 200
+    out = IngestResponse(job_id=job.id, accepted=accepted, duplicates=len(messages) - accepted, status=status)
+    return JSONResponse(out.model_dump(), status_code=code)
+
+
+def wait_for_job(state: AppState, job_id: str) -> str:
+    """Block until the job is done (and this process's index has it) or failed, or time runs out."""
+    deadline = time.monotonic() + state.settings.wait_timeout_s
+    delay = 0.02
+    while True:
+        with state.factory() as session:
+            job = store.get_job(session, job_id)
+            status = job.status if job else "failed"
+            if status == "done":
+                recall.refresh_index(session, state.index)
+                return status
+        if status == "failed" or time.monotonic() > deadline:
+            return status
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def _checked_id(value: str, name: str) -> str:
+    if not value or len(value) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Invalid(f"{name} must be 1-200 printable characters")
+    return value
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, state: StateDep, caller: CallerDep) -> JobOut:
+    with state.factory() as session:
+        job = store.get_tenant_job(session, tenant_of(caller), job_id[:36])
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return JobOut.model_validate(job, from_attributes=True)
+
+
+@router.post("/users/{user_id}/search", response_model=SearchResponse)
+def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep) -> SearchResponse:
+    with state.factory() as session:
+        uid = require_user(session, caller, user_id)
+        result = recall.search(
+            session,
+            state.index,
+            state.embedder,
+            uid,
+            body.query,
+            limit=body.limit,
+            max_tokens=body.max_tokens,
+            mode=body.mode,
+            as_of=body.as_of,
+        )
+    return SearchResponse(
+        hits=[
+            HitOut(
+                id=f"{h.unit.kind}-{h.unit.id}",
+                kind=h.unit.kind,  # type: ignore[arg-type]  # recall returns HIT_KINDS only
+                text=h.unit.text,
+                score=round(h.score, 6),
+                session_id=h.session_external_id,
+                source_message_ids=list(h.unit.source_message_ids),
+                occurred_at=h.unit.occurred_at,
+                tokens=h.tokens,
+            )
+            for h in result.hits
+        ],
+        context=result.context,
+        context_tokens=result.context_tokens,
+    )
+
+
+@router.delete("/users/{user_id}", status_code=204)
+def erase_user(user_id: str, state: StateDep, caller: CallerDep) -> Response:
+    """Erase the user: every message, unit, link, job and vector; the index forgets at once."""
+    with transaction(state.factory) as session:
+        user = store.get_user(session, tenant_of(caller), user_id)
+        if user is None:
+            raise NotFound(f"user {user_id!r} not found")
+        counts = store.erase_user(session, user)
+    with state.factory() as session:
+        recall.refresh_index(session, state.index)
+    state.index.save()  # so no file under the data dir keeps the user's vectors either
+    log.info("erased user %s of tenant %s: %s", user_id, caller.tenant, counts)
+    return Response(status_code=204)

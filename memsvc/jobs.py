@@ -1,0 +1,117 @@
+"""The durable job queue (procrastinate on the same Postgres): tasks, enqueueing, the worker."""
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import procrastinate
+from sqlalchemy.orm import Session, sessionmaker
+
+from memsvc import construct, store
+from memsvc.db import libpq_url, make_engine, make_session_factory, transaction
+from memsvc.embed import Embedder, get_embedder
+from memsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUE = "memory"
+BUILD_TASK = "build_memory"
+# A worker that has not updated its heartbeat for this long is presumed dead (killed, crashed,
+# lost its machine) and its running jobs are put back in the queue.
+HEARTBEAT_S = 2.0
+STALLED_AFTER_S = 15.0
+
+
+def make_app(database_url: str) -> procrastinate.App:
+    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=libpq_url(database_url)))
+
+
+@dataclass
+class WorkerResources:
+    """Built once per worker process, before the first job (the model load costs seconds)."""
+
+    factory: sessionmaker[Session]
+    embedder: Embedder
+    max_attempts: int
+
+
+_resources: WorkerResources | None = None
+
+
+def register_tasks(app: procrastinate.App, max_attempts: int) -> None:
+    retry = procrastinate.RetryStrategy(max_attempts=max_attempts, exponential_wait=2)
+
+    @app.task(name=BUILD_TASK, queue=QUEUE, retry=retry, pass_context=True)
+    def build_memory(context: procrastinate.JobContext, job_id: str) -> None:
+        assert _resources is not None, "worker resources are built before jobs run"
+        try:
+            construct.build_job(_resources.factory, _resources.embedder, job_id)
+        except Exception as exc:
+            attempts = context.job.attempts + 1
+            final = attempts > _resources.max_attempts
+            log.exception("job %s failed (attempt %d%s)", job_id, attempts, ", giving up" if final else "")
+            # The job stays visible: failed with its error once retries are spent, else queued
+            # with the error of the last attempt while it waits for the next.
+            with transaction(_resources.factory) as session:
+                store.set_job_status(
+                    session, job_id, "failed" if final else "queued", f"{type(exc).__name__}: {exc}"
+                )
+            raise
+
+
+def enqueue_build(app: procrastinate.App, session: Session, job_id: str, user_id: int) -> None:
+    """Defer the build inside the caller's transaction: the job exists iff the messages do.
+
+    The per-user lock runs one build at a time per user, so construction never races itself.
+    """
+    connection = session.connection().connection.driver_connection
+    app.configure_task(BUILD_TASK, lock=f"user-{user_id}", queue=QUEUE, connection=connection).defer(
+        job_id=job_id
+    )
+
+
+async def _requeue_stalled(app: procrastinate.App) -> None:
+    while True:
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_S)
+            for job in stalled:
+                log.warning("job %s was running on a dead worker: queued again", job.id)
+                await app.job_manager.retry_job(job)
+        except Exception:
+            log.exception("could not check for stalled jobs; trying again")
+        await asyncio.sleep(HEARTBEAT_S * 2)
+
+
+async def _run(app: procrastinate.App, concurrency: int) -> None:
+    async with app.open_async():
+        requeue = asyncio.create_task(_requeue_stalled(app))
+        try:
+            await app.run_worker_async(
+                queues=[QUEUE],
+                name=f"memsvc-{socket.gethostname()}-{os.getpid()}",
+                concurrency=concurrency,
+                update_heartbeat_interval=HEARTBEAT_S,
+                stalled_worker_timeout=STALLED_AFTER_S,
+                delete_jobs="successful",
+                install_signal_handlers=True,
+            )
+        finally:
+            requeue.cancel()
+
+
+def run_worker(settings: Settings, database_url: str) -> None:
+    """Run a worker until SIGTERM/SIGINT; finishes the job in hand first."""
+    global _resources
+    engine = make_engine(database_url, pool_size=settings.worker_concurrency + 1)
+    _resources = WorkerResources(
+        factory=make_session_factory(engine),
+        embedder=get_embedder(settings.embed_model, settings.embed_device, settings.embed_batch_size),
+        max_attempts=settings.job_max_attempts,
+    )
+    app = make_app(database_url)
+    register_tasks(app, settings.job_max_attempts)
+    log.info("worker ready (concurrency %d)", settings.worker_concurrency)
+    asyncio.run(_run(app, settings.worker_concurrency))
+    engine.dispose()
