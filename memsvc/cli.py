@@ -120,7 +120,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     with database(settings) as url:
-        run_worker(settings, url)
+        run_worker(settings, url, burst=args.burst)
     return 0
 
 
@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8420)
     serve.set_defaults(func=cmd_serve)
 
-    with_data_dir(sub.add_parser("worker", help="run job workers only")).set_defaults(func=cmd_worker)
+    worker = with_data_dir(sub.add_parser("worker", help="run job workers only"))
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.set_defaults(func=cmd_worker)
     with_data_dir(sub.add_parser("migrate", help="bring the schema up to date")).set_defaults(
         func=cmd_migrate
     )

@@ -84,7 +84,7 @@ async def _requeue_stalled(app: procrastinate.App) -> None:
         await asyncio.sleep(HEARTBEAT_S * 2)
 
 
-async def _run(app: procrastinate.App, concurrency: int) -> None:
+async def _run(app: procrastinate.App, concurrency: int, burst: bool) -> None:
     async with app.open_async():
         requeue = asyncio.create_task(_requeue_stalled(app))
         try:
@@ -95,14 +95,16 @@ async def _run(app: procrastinate.App, concurrency: int) -> None:
                 update_heartbeat_interval=HEARTBEAT_S,
                 stalled_worker_timeout=STALLED_AFTER_S,
                 delete_jobs="successful",
-                install_signal_handlers=True,
+                install_signal_handlers=not burst,
+                wait=not burst,
             )
         finally:
             requeue.cancel()
 
 
-def run_worker(settings: Settings, database_url: str) -> None:
-    """Run a worker until SIGTERM/SIGINT; finishes the job in hand first."""
+def run_worker(settings: Settings, database_url: str, *, burst: bool = False) -> None:
+    """Run a worker until SIGTERM/SIGINT (finishing the job in hand first), or with `burst`
+    until the queue is empty (tests drain the queue this way)."""
     global _resources
     engine = make_engine(database_url, pool_size=settings.worker_concurrency + 1)
     _resources = WorkerResources(
@@ -113,5 +115,5 @@ def run_worker(settings: Settings, database_url: str) -> None:
     app = make_app(database_url)
     register_tasks(app, settings.job_max_attempts)
     log.info("worker ready (concurrency %d)", settings.worker_concurrency)
-    asyncio.run(_run(app, settings.worker_concurrency))
+    asyncio.run(_run(app, settings.worker_concurrency, burst))
     engine.dispose()
