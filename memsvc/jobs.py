@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from memsvc import construct, store
 from memsvc.db import libpq_url, make_engine, make_session_factory, transaction
 from memsvc.embed import Embedder, get_embedder
+from memsvc.extract import Extractor, make_extractor
 from memsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class WorkerResources:
 
     factory: sessionmaker[Session]
     embedder: Embedder
+    extractor: Extractor
     max_attempts: int
 
 
@@ -47,7 +49,7 @@ def register_tasks(app: procrastinate.App, max_attempts: int) -> None:
     def build_memory(context: procrastinate.JobContext, job_id: str) -> None:
         assert _resources is not None, "worker resources are built before jobs run"
         try:
-            construct.build_job(_resources.factory, _resources.embedder, job_id)
+            construct.build_job(_resources.factory, _resources.embedder, _resources.extractor, job_id)
         except Exception as exc:
             attempts = context.job.attempts + 1
             final = attempts > _resources.max_attempts
@@ -110,6 +112,15 @@ def run_worker(settings: Settings, database_url: str, *, burst: bool = False) ->
     _resources = WorkerResources(
         factory=make_session_factory(engine),
         embedder=get_embedder(settings.embed_model, settings.embed_device, settings.embed_batch_size),
+        extractor=make_extractor(
+            settings.extractor,
+            llm_base_url=settings.llm_base_url,
+            llm_model=settings.llm_model,
+            llm_api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            llm_timeout_s=settings.llm_timeout_s,
+            llm_max_concurrency=settings.llm_max_concurrency,
+            llm_tokens_per_minute=settings.llm_tokens_per_minute,
+        ),
         max_attempts=settings.job_max_attempts,
     )
     app = make_app(database_url)

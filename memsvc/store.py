@@ -30,6 +30,10 @@ INDEX_CHANGE_LOCK = 0x6D656D737663  # "memsvc"
 
 KEY_PREFIX = "msk_"
 
+# Kinds whose vectors go into the FAISS index. Entities keep a vector (for merging near-duplicate
+# names) but are graph nodes, not search hits, so they stay out of it.
+INDEXED_KINDS = ("message", "edu", "note", "episode")
+
 
 # --- tenants and keys -------------------------------------------------------------------------
 
@@ -221,25 +225,50 @@ def insert_units(session: Session, units: Sequence[NewUnit]) -> dict[str, int]:
         }
         for u in units
     ]
-    new_ids: list[int] = []
+    new_indexed: list[int] = []
     for start in range(0, len(rows), 500):
         result = session.execute(
             insert(MemoryUnit)
             .values(rows[start : start + 500])
             .on_conflict_do_nothing()
-            .returning(MemoryUnit.id)
+            .returning(MemoryUnit.id, MemoryUnit.kind)
         )
-        new_ids.extend(r[0] for r in result.all())
-    user_ids = {u.user_id for u in units}
+        new_indexed.extend(uid for uid, kind in result.all() if kind in INDEXED_KINDS)
+    user_id = units[0].user_id
     keys = session.execute(
         select(MemoryUnit.kind, MemoryUnit.unit_key, MemoryUnit.id).where(
-            MemoryUnit.user_id.in_(user_ids), MemoryUnit.unit_key.in_([u.unit_key for u in units])
+            MemoryUnit.user_id == user_id, MemoryUnit.unit_key.in_([u.unit_key for u in units])
         )
     ).all()
     wanted = {(u.kind, u.unit_key) for u in units}
     ids = {key: uid for kind, key, uid in keys if (kind, key) in wanted}
-    publish_changes(session, units[0].user_id, "add", new_ids)
+    publish_changes(session, user_id, "add", new_indexed)
     return ids
+
+
+def delete_units(session: Session, user_id: int, ids: Sequence[int]) -> None:
+    """Delete units (their links go with them) and tell the indexes to forget them."""
+    if not ids:
+        return
+    session.execute(delete(MemoryUnit).where(MemoryUnit.user_id == user_id, MemoryUnit.id.in_(list(ids))))
+    publish_changes(session, user_id, "remove", list(ids))
+
+
+def user_units(
+    session: Session, user_id: int, kinds: Sequence[str], session_id: int | None = None
+) -> list[MemoryUnit]:
+    query = select(MemoryUnit).where(MemoryUnit.user_id == user_id, MemoryUnit.kind.in_(list(kinds)))
+    if session_id is not None:
+        query = query.where(MemoryUnit.session_id == session_id)
+    return list(session.scalars(query.order_by(MemoryUnit.id)))
+
+
+def count_units(session: Session, user_id: int) -> int:
+    return int(session.scalar(select(func.count()).where(MemoryUnit.user_id == user_id)) or 0)
+
+
+def update_unit(session: Session, unit_id: int, **values: Any) -> None:
+    session.execute(update(MemoryUnit).where(MemoryUnit.id == unit_id).values(**values))
 
 
 def insert_links(session: Session, user_id: int, links: Sequence[tuple[int, int, str, float]]) -> None:
@@ -314,7 +343,12 @@ def iter_all_vectors(session: Session, model: str, batch: int = 20_000) -> Itera
     while True:
         rows = session.execute(
             select(MemoryUnit.id, MemoryUnit.user_id, MemoryUnit.vector)
-            .where(MemoryUnit.id > last, MemoryUnit.embed_model == model, MemoryUnit.vector.is_not(None))
+            .where(
+                MemoryUnit.id > last,
+                MemoryUnit.embed_model == model,
+                MemoryUnit.vector.is_not(None),
+                MemoryUnit.kind.in_(INDEXED_KINDS),
+            )
             .order_by(MemoryUnit.id)
             .limit(batch)
         ).all()
@@ -330,7 +364,11 @@ def vector_counts(session: Session, model: str) -> dict[int, int]:
     """user id -> number of units with a vector of `model` (what the index must hold)."""
     rows = session.execute(
         select(MemoryUnit.user_id, func.count())
-        .where(MemoryUnit.embed_model == model, MemoryUnit.vector.is_not(None))
+        .where(
+            MemoryUnit.embed_model == model,
+            MemoryUnit.vector.is_not(None),
+            MemoryUnit.kind.in_(INDEXED_KINDS),
+        )
         .group_by(MemoryUnit.user_id)
     )
     return {u: int(n) for u, n in rows}
