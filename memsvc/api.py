@@ -23,6 +23,7 @@ from memsvc.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from memsvc.settings import Settings
 from memsvc.state import AppState
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def ingest(
 ) -> Response:
     """Store messages and queue their memory building, all in one transaction."""
     tenant_id = tenant_of(caller)
+    _check_limits(body, state.settings)
     messages = [
         store.NewMessage(
             external_id=m.id,
@@ -132,6 +134,16 @@ def ingest(
         code = 200
     out = IngestResponse(job_id=job.id, accepted=accepted, duplicates=len(messages) - accepted, status=status)
     return JSONResponse(out.model_dump(), status_code=code)
+
+
+def _check_limits(body: IngestRequest, settings: Settings) -> None:
+    if len(body.messages) > settings.max_messages_per_request:
+        raise Invalid(
+            f"at most {settings.max_messages_per_request} messages per request, got {len(body.messages)}"
+        )
+    for m in body.messages:
+        if len(m.content) > settings.max_message_chars:
+            raise Invalid(f"message {m.id!r}: content longer than {settings.max_message_chars} characters")
 
 
 def wait_for_job(state: AppState, job_id: str) -> str:
@@ -185,7 +197,7 @@ def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep
         hits=[
             HitOut(
                 id=f"{h.unit.kind}-{h.unit.id}",
-                kind=h.unit.kind,  # type: ignore[arg-type]  # recall returns HIT_KINDS only
+                kind=h.unit.kind,  # type: ignore[arg-type]  # recall returns only hit kinds
                 text=h.unit.text,
                 score=round(h.score, 6),
                 session_id=h.session_external_id,

@@ -10,14 +10,11 @@ from sqlalchemy.orm import Session
 from memsvc import store
 from memsvc.embed import Embedder
 from memsvc.index import VectorIndex
+from memsvc.lexical import RRF_K, Bm25, Bm25Cache, rrf
 from memsvc.tables import MemoryUnit
 from memsvc.tokens import count_tokens
 
 log = logging.getLogger(__name__)
-
-# Kinds that are answers; entity units are graph nodes, not hits.
-HIT_KINDS = frozenset({"message", "edu", "note", "episode"})
-
 
 # --- index maintenance ------------------------------------------------------------------------
 
@@ -86,6 +83,11 @@ def open_index(session: Session, index: VectorIndex) -> None:
 # --- search -----------------------------------------------------------------------------------
 
 
+# A hit is cited by its first three source messages (the contract's scoring credits no more), so
+# only those count as covered when deciding whether a later hit brings something new.
+CITED_SOURCES = 3
+
+
 @dataclass(frozen=True)
 class Hit:
     unit: MemoryUnit
@@ -101,6 +103,29 @@ class SearchResult:
     context_tokens: int
 
 
+@dataclass(frozen=True)
+class RecallOptions:
+    """What search uses; each part can be switched off to measure what it adds."""
+
+    kinds: frozenset[str] = frozenset({"edu", "note", "episode"})
+    lexical: bool = True  # BM25 beside dense, fused by reciprocal rank
+    graph: bool = True  # deep mode: associative recall over the memory graph
+    depth: int = 100  # candidates taken from each channel
+
+
+_bm25 = Bm25Cache()
+
+
+def lexical_index(session: Session, user_id: int, kinds: frozenset[str]) -> Bm25:
+    version = (store.units_version(session, user_id), kinds)
+    index = _bm25.get(user_id, version)
+    if index is None:
+        pairs = store.unit_texts(session, user_id, sorted(kinds))
+        index = Bm25([uid for uid, _ in pairs], [text for _, text in pairs])
+        _bm25.put(user_id, version, index)
+    return index
+
+
 def search(
     session: Session,
     index: VectorIndex,
@@ -112,27 +137,54 @@ def search(
     max_tokens: int,
     mode: str,
     as_of: datetime | None = None,
+    options: RecallOptions = RecallOptions(),
 ) -> SearchResult:
     refresh_index(session, index)
     query_vector = embedder.encode([query])[0]
-    candidates = index.search(user_id, query_vector, k=max(limit * 4, 50))
-    units = store.units_by_ids(session, user_id, [uid for uid, _ in candidates])
-    ranked = [
-        (units[uid], score)
-        for uid, score in candidates
-        if uid in units and units[uid].kind in HIT_KINDS and _valid_at(units[uid], as_of)
-    ]
-    sessions = store.session_external_ids(session, [u.session_id for u, _ in ranked if u.session_id])
-    hits = pack(
-        [
-            Hit(u, score, sessions.get(u.session_id) if u.session_id else None, count_tokens(u.text))
-            for u, score in ranked
-        ],
-        max_tokens=max_tokens,
-        limit=limit,
+    dense = index.search(user_id, query_vector, k=options.depth * 2)
+    rankings = [[uid for uid, _ in dense]]
+    if options.lexical:
+        rankings.append(
+            [uid for uid, _ in lexical_index(session, user_id, options.kinds).search(query, options.depth)]
+        )
+    units = store.units_by_ids(session, user_id, list({uid for r in rankings for uid in r}))
+
+    def usable(uid: int) -> bool:
+        unit = units.get(uid)
+        return unit is not None and unit.kind in options.kinds and _valid_at(unit, as_of)
+
+    rankings = [[uid for uid in r if usable(uid)][: options.depth] for r in rankings]
+    ranked = rrf(rankings)
+    scores = dict(zip(ranked, _rrf_scores(rankings, ranked), strict=True))
+    if mode == "deep" and options.graph:
+        ranked, scores, extra = graph_expand(session, user_id, ranked, scores, query)
+        units.update(store.units_by_ids(session, user_id, [u for u in extra if u not in units]))
+        ranked = [uid for uid in ranked if usable(uid)]
+    sessions = store.session_external_ids(
+        session, [units[uid].session_id or 0 for uid in ranked if units[uid].session_id]
     )
+    candidates = [
+        Hit(units[uid], scores[uid], sessions.get(units[uid].session_id or 0), count_tokens(units[uid].text))
+        for uid in ranked
+    ]
+    hits = pack(candidates, max_tokens=max_tokens, limit=limit)
     context = render_context(hits)
     return SearchResult(hits=hits, context=context, context_tokens=count_tokens(context) if hits else 0)
+
+
+def _rrf_scores(rankings: list[list[int]], ranked: list[int]) -> list[float]:
+    score: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, uid in enumerate(ranking, start=1):
+            score[uid] = score.get(uid, 0.0) + 1.0 / (RRF_K + rank)
+    return [round(score[uid], 6) for uid in ranked]
+
+
+def graph_expand(
+    session: Session, user_id: int, ranked: list[int], scores: dict[int, float], query: str
+) -> tuple[list[int], dict[int, float], list[int]]:
+    """Deep mode's associative step (placeholder: returns the ranking unchanged)."""
+    return ranked, scores, []
 
 
 def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:
@@ -149,23 +201,33 @@ def pack(ranked: list[Hit], *, max_tokens: int, limit: int) -> list[Hit]:
     """Hits in rank order whose texts together fit in `max_tokens` (at most `limit` of them).
 
     A hit too long for what is left is skipped, not the end: a shorter one further down may fit.
+    A hit whose sources are all cited by better hits already (a second EDU of the same message, a
+    note beside the EDU it came from) adds least: it waits until every new source had its turn.
     """
+    fresh: list[Hit] = []
+    repeats: list[Hit] = []
+    cited: set[str] = set()
+    for hit in ranked:
+        sources = set(hit.unit.source_message_ids[:CITED_SOURCES])
+        (repeats if sources and sources <= cited else fresh).append(hit)
+        cited |= sources
     packed: list[Hit] = []
     used = 0
-    for hit in ranked:
+    for hit in fresh + repeats:
         if len(packed) >= limit:
             break
         if used + hit.tokens > max_tokens:
             continue
         packed.append(hit)
         used += hit.tokens
-    return packed
+    order = {id(h): i for i, h in enumerate(ranked)}
+    return sorted(packed, key=lambda h: order[id(h)])
 
 
 def render_context(hits: list[Hit]) -> str:
     """One prompt-ready block: each hit on its own line with its citation."""
     lines = []
     for hit in hits:
-        cite = ", ".join(hit.unit.source_message_ids[:3])
+        cite = ", ".join(hit.unit.source_message_ids[:CITED_SOURCES])
         lines.append(f"- {hit.unit.text} [{cite}]" if cite else f"- {hit.unit.text}")
     return "\n".join(lines)

@@ -263,6 +263,32 @@ def user_units(
     return list(session.scalars(query.order_by(MemoryUnit.id)))
 
 
+def units_version(session: Session, user_id: int) -> tuple[int, int]:
+    """(count, newest id) of the user's units: changes whenever a unit is added or deleted."""
+    row = session.execute(
+        select(func.count(), func.coalesce(func.max(MemoryUnit.id), 0)).where(MemoryUnit.user_id == user_id)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def unit_texts(session: Session, user_id: int, kinds: Sequence[str]) -> list[tuple[int, str]]:
+    rows = session.execute(
+        select(MemoryUnit.id, MemoryUnit.text)
+        .where(MemoryUnit.user_id == user_id, MemoryUnit.kind.in_(list(kinds)))
+        .order_by(MemoryUnit.id)
+    )
+    return [(uid, text) for uid, text in rows]
+
+
+def user_links(session: Session, user_id: int) -> list[tuple[int, int, str, float]]:
+    rows = session.execute(
+        select(UnitLink.src_id, UnitLink.dst_id, UnitLink.relation, UnitLink.weight).where(
+            UnitLink.user_id == user_id
+        )
+    )
+    return [(s, d, r, w) for s, d, r, w in rows]
+
+
 def count_units(session: Session, user_id: int) -> int:
     return int(session.scalar(select(func.count()).where(MemoryUnit.user_id == user_id)) or 0)
 

@@ -12,6 +12,12 @@ def _locomo(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _scale(args: argparse.Namespace) -> int:
+    from memsvc.bench.scale import run
+
+    return run(args)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's own generic
     """Adds the bench subcommands to the `bench` group; each sets `func(args) -> exit code`."""
     p = subparsers.add_parser(
@@ -28,3 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--convs", help="comma-separated sample ids to run (default: all)")
     p.add_argument("--baselines-only", action="store_true", help="score only the turn-level baselines")
     p.set_defaults(func=_locomo)
+
+    p = subparsers.add_parser(
+        "scale",
+        help="insert, index build and search latency at growing sizes (synthetic units)",
+        description="Fills fresh databases with synthetic memory units (real template sentences, "
+        "vectors derived from a pool of real embeddings), times insert and index build, then "
+        "searches a local memsvc over HTTP beside the raw embed and FAISS costs.",
+    )
+    p.add_argument("--units", default="10000,100000,1000000", help="comma-separated total sizes")
+    p.add_argument("--json", required=True, help="output JSON; .md and .png are written beside it")
+    p.add_argument("--users", type=int, default=1000, help="users the many-users configuration spreads over")
+    p.add_argument("--configs", default="single,many", help="single (one user) and/or many (--users users)")
+    p.add_argument("--queries", type=int, default=200, help="search requests per mode and size")
+    p.add_argument("--pool", type=int, default=3000, help="real sentences encoded to derive vectors from")
+    p.add_argument("--database-url", help="PostgreSQL server to create fresh databases on "
+                   "(default: an embedded one under /tmp, removed after)")
+    p.add_argument("--insert-sample", type=int, default=10_000,
+                   help="units per run stored through store.insert_units (timed); the rest by COPY")
+    p.add_argument("--max-minutes", type=float, default=25.0, help="start no new run after this long")
+    p.set_defaults(func=_scale)

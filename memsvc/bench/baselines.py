@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import bm25s
 import numpy as np
-from bm25s.stopwords import STOPWORDS_EN
 
 from memsvc.bench.locomo import Conversation
 from memsvc.bench.score import Hit
 from memsvc.embed import Embedder
-
-RRF_K = 60
-_TOKEN_RE = re.compile(r"\b\w\w+\b")
-_STOPWORDS = frozenset(STOPWORDS_EN)
-
-
-def tokenize(text: str) -> list[str]:
-    """Lowercased words of two or more characters, English stopwords out (bm25s's own default rule)."""
-    return [w for w in _TOKEN_RE.findall(text.lower()) if w not in _STOPWORDS]
-
-
-def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[int]:
-    """Reciprocal-rank fusion of unit-index rankings (rank 1 scores 1/(k+1)); ties keep first-seen order."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, idx in enumerate(ranking, start=1):
-            scores[idx] = scores.get(idx, 0.0) + 1.0 / (k + rank)
-    return sorted(scores, key=lambda i: -scores[i])
+from memsvc.lexical import rrf, tokenize
 
 
 @dataclass(frozen=True)

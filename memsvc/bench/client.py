@@ -173,8 +173,9 @@ class RssSampler:
 class LocalServer:
     """`memsvc serve` on a free port with a temporary data dir; stopped and removed on exit, also on error."""
 
-    def __init__(self, startup_timeout_s: float = 600.0) -> None:
+    def __init__(self, startup_timeout_s: float = 600.0, env: dict[str, str] | None = None) -> None:
         self.startup_timeout_s = startup_timeout_s
+        self.env = env or {}  # set last: e.g. the scale bench points it at a database it filled itself
         self.admin_key = secrets.token_urlsafe(32)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -200,6 +201,7 @@ class LocalServer:
         data_dir = self.dir / "data"
         env = {**os.environ, "MEMSVC_ADMIN_KEY": self.admin_key}
         env.pop("MEMSVC_DATABASE_URL", None)  # the bench owns its database; never touch a configured one
+        env.update(self.env)
         cmd = [memsvc_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(data_dir)]
         with self.log_path.open("wb") as log:

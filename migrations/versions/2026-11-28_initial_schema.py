@@ -202,6 +202,14 @@ def downgrade() -> None:
         "DROP TABLE IF EXISTS procrastinate_events, procrastinate_periodic_defers, "
         "procrastinate_jobs, procrastinate_workers CASCADE"
     )
+    # procrastinate's functions go too, whatever their signatures in this version.
+    op.execute(
+        """DO $$ DECLARE f regprocedure; BEGIN
+             FOR f IN SELECT oid::regprocedure FROM pg_proc WHERE proname LIKE 'procrastinate%' LOOP
+               EXECUTE 'DROP FUNCTION IF EXISTS ' || f || ' CASCADE';
+             END LOOP;
+           END $$"""
+    )
     op.execute(
         "DROP TYPE IF EXISTS procrastinate_job_event_type, procrastinate_job_status, "
         "procrastinate_job_to_defer_v1 CASCADE"

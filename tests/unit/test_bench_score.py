@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from memsvc.bench.baselines import rrf, tokenize
 from memsvc.bench.client import BenchError, MemsvcClient
 from memsvc.bench.locomo import (
     DataError,
@@ -22,6 +21,7 @@ from memsvc.bench.locomo import (
 )
 from memsvc.bench.runner import Results, register_questions, run_memsvc
 from memsvc.bench.score import Hit, Scored, credited, hits_from_json, recall, summarize
+from memsvc.lexical import rrf, tokenize
 
 
 def words(n: int) -> str:
