@@ -22,6 +22,7 @@ from memsvc.schemas import (
     JobOut,
     SearchRequest,
     SearchResponse,
+    UserOut,
 )
 from memsvc.settings import Settings
 from memsvc.state import AppState
@@ -209,6 +210,23 @@ def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep
         ],
         context=result.context,
         context_tokens=result.context_tokens,
+    )
+
+
+@router.get("/users/{user_id}", response_model=UserOut)
+def get_user(user_id: str, state: StateDep, caller: CallerDep) -> UserOut:
+    """How much memory the user has."""
+    with state.factory() as session:
+        stats, kinds = store.user_stats(session, require_user(session, caller, user_id))
+    by_kind = {kind: kinds.get(kind, 0) for kind in store.INDEXED_KINDS}
+    return UserOut(
+        id=user_id,
+        messages=stats["messages"],
+        sessions=stats["sessions"],
+        units=sum(by_kind.values()),
+        by_kind=by_kind,
+        entities=kinds.get("entity", 0),
+        links=stats["links"],
     )
 
 

@@ -1,7 +1,6 @@
 """Lexical search (BM25 via bm25s) and reciprocal-rank fusion: the keyword side of hybrid recall."""
 
 import re
-import threading
 from collections.abc import Sequence
 
 import bm25s
@@ -20,11 +19,20 @@ def tokenize(text: str) -> list[str]:
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[int]:
     """Reciprocal-rank fusion of id rankings (rank 1 scores 1/(k+1)); ties keep first-seen order."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, idx in enumerate(ranking, start=1):
-            scores[idx] = scores.get(idx, 0.0) + 1.0 / (k + rank)
+    scores = rrf_scores(rankings, k)
     return sorted(scores, key=lambda i: -scores[i])
+
+
+def rrf_scores(
+    rankings: Sequence[Sequence[int]], k: int = RRF_K, weights: Sequence[float] | None = None
+) -> dict[int, float]:
+    """Each id's fused score: the sum over rankings of weight / (k + rank), in first-seen order."""
+    scores: dict[int, float] = {}
+    for i, ranking in enumerate(rankings):
+        weight = 1.0 if weights is None else weights[i]
+        for rank, idx in enumerate(ranking, start=1):
+            scores[idx] = scores.get(idx, 0.0) + weight / (k + rank)
+    return scores
 
 
 class Bm25:
@@ -43,23 +51,3 @@ class Bm25:
         scores = np.asarray(self._retriever.get_scores(tokens), dtype=np.float64)
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(self.ids[i]), float(scores[i])) for i in top if scores[i] > 0]
-
-
-class Bm25Cache:
-    """One BM25 index per user, rebuilt when the user's units change (told by a version tuple)."""
-
-    def __init__(self, max_users: int = 256) -> None:
-        self._cache: dict[int, tuple[object, Bm25]] = {}
-        self._lock = threading.Lock()
-        self.max_users = max_users
-
-    def get(self, user_id: int, version: object) -> Bm25 | None:
-        with self._lock:
-            found = self._cache.get(user_id)
-        return found[1] if found is not None and found[0] == version else None
-
-    def put(self, user_id: int, version: object, index: Bm25) -> None:
-        with self._lock:
-            if len(self._cache) >= self.max_users and user_id not in self._cache:
-                self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
-            self._cache[user_id] = (version, index)

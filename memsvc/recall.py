@@ -1,16 +1,20 @@
 """Search: keeping the index in step with Postgres, candidates, and token-budget packing."""
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from memsvc import store
 from memsvc.embed import Embedder
+from memsvc.graph import MemoryGraph
 from memsvc.index import VectorIndex
-from memsvc.lexical import RRF_K, Bm25, Bm25Cache, rrf
+from memsvc.lexical import Bm25, rrf_scores
 from memsvc.tables import MemoryUnit
 from memsvc.tokens import count_tokens
 
@@ -111,19 +115,52 @@ class RecallOptions:
     lexical: bool = True  # BM25 beside dense, fused by reciprocal rank
     graph: bool = True  # deep mode: associative recall over the memory graph
     depth: int = 100  # candidates taken from each channel
+    graph_seeds: int = 10  # best fused candidates that seed the graph walk
+    graph_weight: float = 0.25  # the graph's ranking counts this much against each index's
+    # What the walk may bring in: episodes are near every EDU of theirs, so a walk finds them first,
+    # but they are long and cite no more than three messages.
+    graph_kinds: frozenset[str] = frozenset({"edu", "note"})
 
 
-_bm25 = Bm25Cache()
+T = TypeVar("T")
 
 
-def lexical_index(session: Session, user_id: int, kinds: frozenset[str]) -> Bm25:
-    version = (store.units_version(session, user_id), kinds)
-    index = _bm25.get(user_id, version)
-    if index is None:
-        pairs = store.unit_texts(session, user_id, sorted(kinds))
-        index = Bm25([uid for uid, _ in pairs], [text for _, text in pairs])
-        _bm25.put(user_id, version, index)
-    return index
+class PerUserCache(Generic[T]):
+    """Derived per-user structures (BM25 index, graph), rebuilt when the user's units change."""
+
+    def __init__(self, build: Callable[[Session, int, frozenset[str]], T], max_users: int = 128) -> None:
+        self._build = build
+        self._cache: dict[tuple[int, frozenset[str]], tuple[tuple[int, int], T]] = {}
+        self._lock = threading.Lock()
+        self.max_users = max_users
+
+    def get(self, session: Session, user_id: int, kinds: frozenset[str]) -> T:
+        version = store.units_version(session, user_id)
+        key = (user_id, kinds)
+        with self._lock:
+            found = self._cache.get(key)
+        if found is not None and found[0] == version:
+            return found[1]
+        value = self._build(session, user_id, kinds)
+        with self._lock:
+            if len(self._cache) >= self.max_users and key not in self._cache:
+                self._cache.pop(next(iter(self._cache)))  # the oldest: dicts keep insertion order
+            self._cache[key] = (version, value)
+        return value
+
+
+def _build_bm25(session: Session, user_id: int, kinds: frozenset[str]) -> Bm25:
+    pairs = store.unit_texts(session, user_id, sorted(kinds))
+    return Bm25([uid for uid, _ in pairs], [text for _, text in pairs])
+
+
+def _build_graph(session: Session, user_id: int, kinds: frozenset[str]) -> MemoryGraph:
+    names = dict(store.unit_texts(session, user_id, ["entity"]))
+    return MemoryGraph(store.unit_kinds(session, user_id), names, store.user_links(session, user_id))
+
+
+lexical_indexes: PerUserCache[Bm25] = PerUserCache(_build_bm25)
+graphs: PerUserCache[MemoryGraph] = PerUserCache(_build_graph)
 
 
 def search(
@@ -144,9 +181,8 @@ def search(
     dense = index.search(user_id, query_vector, k=options.depth * 2)
     rankings = [[uid for uid, _ in dense]]
     if options.lexical:
-        rankings.append(
-            [uid for uid, _ in lexical_index(session, user_id, options.kinds).search(query, options.depth)]
-        )
+        lexical = lexical_indexes.get(session, user_id, options.kinds)
+        rankings.append([uid for uid, _ in lexical.search(query, options.depth)])
     units = store.units_by_ids(session, user_id, list({uid for r in rankings for uid in r}))
 
     def usable(uid: int) -> bool:
@@ -154,12 +190,13 @@ def search(
         return unit is not None and unit.kind in options.kinds and _valid_at(unit, as_of)
 
     rankings = [[uid for uid in r if usable(uid)][: options.depth] for r in rankings]
-    ranked = rrf(rankings)
-    scores = dict(zip(ranked, _rrf_scores(rankings, ranked), strict=True))
+    scores = rrf_scores(rankings)
     if mode == "deep" and options.graph:
-        ranked, scores, extra = graph_expand(session, user_id, ranked, scores, query)
-        units.update(store.units_by_ids(session, user_id, [u for u in extra if u not in units]))
-        ranked = [uid for uid in ranked if usable(uid)]
+        associated = associate(session, user_id, rankings, scores, query, options)
+        units.update(store.units_by_ids(session, user_id, [u for u in associated if u not in units]))
+        associated = [uid for uid in associated if usable(uid)]
+        scores = rrf_scores([*rankings, associated], weights=[1.0] * len(rankings) + [options.graph_weight])
+    ranked = sorted(scores, key=lambda uid: -scores[uid])
     sessions = store.session_external_ids(
         session, [units[uid].session_id or 0 for uid in ranked if units[uid].session_id]
     )
@@ -172,19 +209,25 @@ def search(
     return SearchResult(hits=hits, context=context, context_tokens=count_tokens(context) if hits else 0)
 
 
-def _rrf_scores(rankings: list[list[int]], ranked: list[int]) -> list[float]:
-    score: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, uid in enumerate(ranking, start=1):
-            score[uid] = score.get(uid, 0.0) + 1.0 / (RRF_K + rank)
-    return [round(score[uid], 6) for uid in ranked]
-
-
-def graph_expand(
-    session: Session, user_id: int, ranked: list[int], scores: dict[int, float], query: str
-) -> tuple[list[int], dict[int, float], list[int]]:
-    """Deep mode's associative step (placeholder: returns the ranking unchanged)."""
-    return ranked, scores, []
+def associate(
+    session: Session,
+    user_id: int,
+    rankings: list[list[int]],
+    scores: dict[int, float],
+    query: str,
+    options: RecallOptions,
+) -> list[int]:
+    """Deep mode's associative step: personalized PageRank over the user's memory graph, seeded
+    from the best candidates and the entities the query names; returns what it reaches, best
+    first, that the index look-ups did not already rank near the top."""
+    graph = graphs.get(session, user_id, frozenset())
+    top = sorted(scores, key=lambda uid: -scores[uid])[: options.graph_seeds]
+    seeds = {uid: scores[uid] for uid in top}
+    named = graph.query_entities(query)
+    for entity in named:
+        seeds[entity] = max(seeds.values(), default=1.0)
+    found = graph.associate(seeds, options.kinds & options.graph_kinds, k=options.depth)
+    return [uid for uid, _ in found]
 
 
 def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:

@@ -91,3 +91,13 @@ class SearchResponse(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: object | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    messages: int
+    sessions: int
+    units: int  # memory units of every kind that are search hits (messages, EDUs, notes, episodes)
+    by_kind: dict[str, int]
+    entities: int
+    links: int

@@ -280,6 +280,11 @@ def unit_texts(session: Session, user_id: int, kinds: Sequence[str]) -> list[tup
     return [(uid, text) for uid, text in rows]
 
 
+def unit_kinds(session: Session, user_id: int) -> dict[int, str]:
+    rows = session.execute(select(MemoryUnit.id, MemoryUnit.kind).where(MemoryUnit.user_id == user_id))
+    return {uid: kind for uid, kind in rows}
+
+
 def user_links(session: Session, user_id: int) -> list[tuple[int, int, str, float]]:
     rows = session.execute(
         select(UnitLink.src_id, UnitLink.dst_id, UnitLink.relation, UnitLink.weight).where(
@@ -287,6 +292,19 @@ def user_links(session: Session, user_id: int) -> list[tuple[int, int, str, floa
         )
     )
     return [(s, d, r, w) for s, d, r, w in rows]
+
+
+def user_stats(session: Session, user_id: int) -> tuple[dict[str, int], dict[str, int]]:
+    """How much memory a user has: (messages, sessions, links) and units per kind."""
+    stats = {
+        "messages": int(session.scalar(select(func.count()).where(Message.user_id == user_id)) or 0),
+        "sessions": int(session.scalar(select(func.count()).where(ChatSession.user_id == user_id)) or 0),
+        "links": int(session.scalar(select(func.count()).where(UnitLink.user_id == user_id)) or 0),
+    }
+    rows = session.execute(
+        select(MemoryUnit.kind, func.count()).where(MemoryUnit.user_id == user_id).group_by(MemoryUnit.kind)
+    )
+    return stats, {kind: int(count) for kind, count in rows}
 
 
 def count_units(session: Session, user_id: int) -> int:

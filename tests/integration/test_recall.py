@@ -1,0 +1,97 @@
+"""Recall over constructed memory: notes, reconsolidation, as_of, hybrid and deep search."""
+
+from typing import Any
+
+from factories import cited, drain, ingest, make_tenant_key, message, search, unique
+from sqlalchemy import text
+
+
+def _notes(hits: list[dict[str, Any]]) -> list[str]:
+    return [h["text"] for h in hits if h["kind"] == "note"]
+
+
+def _story(
+    client: Any, settings: Any, database_url: str, turns: list[tuple[str, str, str]]
+) -> tuple[str, str]:
+    """Ingest one message per session (id, text, ISO time), each session later than the last."""
+    key, user = make_tenant_key(client), unique("user")
+    for i, (mid, content, when) in enumerate(turns):
+        ingest(client, key, user, f"s{i}", [message(mid, content, speaker="Jon", created_at=when)])
+        drain(settings, database_url)
+    return key, user
+
+
+def test_a_move_supersedes_the_old_home_and_as_of_still_sees_it(client, settings, database_url, engine):
+    key, user = _story(client, settings, database_url, [
+        ("a1", "I live in Boston.", "2023-01-10T10:00:00+00:00"),
+        ("a2", "I moved to Seattle last month.", "2023-06-01T10:00:00+00:00"),
+    ])  # fmt: skip
+    now = _notes(search(client, key, user, "Where does Jon live?", max_tokens=300))
+    assert "Jon lives in Seattle." in now
+    assert "Jon lives in Boston." not in now
+
+    before = _notes(search(client, key, user, "Where does Jon live?", max_tokens=300,
+                           as_of="2023-03-01T00:00:00+00:00"))  # fmt: skip
+    assert "Jon lives in Boston." in before
+    assert "Jon lives in Seattle." not in before
+
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT n.text, n.valid_to, s.text FROM memory_unit n"
+            " LEFT JOIN memory_unit s ON s.id = n.superseded_by"
+            " JOIN end_user u ON u.id = n.user_id WHERE u.external_id = :u AND n.kind = 'note'"
+            " AND n.attrs->>'attribute' = 'lives_in' ORDER BY n.id"
+        ), {"u": user}).all()  # fmt: skip
+    # The old note is kept (history), closed when the move happened ("last month": May 2023),
+    # and points at the note that replaced it.
+    assert [r[0] for r in rows] == ["Jon lives in Boston.", "Jon lives in Seattle."]
+    assert rows[0][1] is not None and rows[0][1].isoformat().startswith("2023-05-01")
+    assert rows[0][2] == "Jon lives in Seattle."
+    assert rows[1][1] is None
+
+
+def test_a_new_job_and_a_corrected_name_replace_the_old_notes(client, settings, database_url):
+    key, user = _story(client, settings, database_url, [
+        ("b1", "I work as a teacher.", "2023-01-10T10:00:00+00:00"),
+        ("b2", "My name is Jon.", "2023-01-11T10:00:00+00:00"),
+        ("b3", "I got a new job as a nurse.", "2023-03-01T10:00:00+00:00"),
+        ("b4", "Actually, my name is John, not Jon.", "2023-03-02T10:00:00+00:00"),
+    ])  # fmt: skip
+    job = _notes(search(client, key, user, "What is Jon's job?", max_tokens=400))
+    assert "Jon works as a nurse." in job and "Jon works as a teacher." not in job
+    name = _notes(search(client, key, user, "What is Jon's name?", max_tokens=400))
+    assert any("John" in n for n in name) and not any(n.endswith("name is Jon.") for n in name)
+    old = _notes(search(client, key, user, "What is Jon's job?", max_tokens=400,
+                        as_of="2023-02-01T00:00:00+00:00"))  # fmt: skip
+    assert "Jon works as a teacher." in old and "Jon works as a nurse." not in old
+
+
+def test_a_repeated_fact_strengthens_one_note_instead_of_adding_another(
+    client, settings, database_url, engine
+):
+    key, user = _story(client, settings, database_url, [
+        ("c1", "I live in Denver.", "2023-01-10T10:00:00+00:00"),
+        ("c2", "I live in Denver, by the way.", "2023-02-10T10:00:00+00:00"),
+    ])  # fmt: skip
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT n.attrs->>'support', n.source_message_ids FROM memory_unit n JOIN end_user u"
+            " ON u.id = n.user_id WHERE u.external_id = :u AND n.kind = 'note'"
+        ), {"u": user}).all()  # fmt: skip
+    assert len(rows) == 1
+    assert rows[0][0] == "2" and set(rows[0][1]) == {"c1", "c2"}
+
+
+def test_deep_search_answers_with_both_facts_about_the_pet(client, settings, database_url):
+    """Multi-hop: the question names the pet; the trip is told about by its name."""
+    key, user = make_tenant_key(client), unique("user")
+    topics = ["cooking pasta", "the weather", "football scores", "tax forms", "garden tools", "movie reviews"]
+    filler = [message(f"f{i}", f"I had a long chat about {t} today.", speaker="Jon") for i, t in enumerate(topics)]
+    ingest(client, key, user, "s1", [
+        message("p1", "My puppy Biscuit loves the beach.", speaker="Jon"),
+        message("p2", "Biscuit came with us to Lake Tahoe in July.", speaker="Jon"),
+        *filler,
+    ])  # fmt: skip
+    drain(settings, database_url)
+    hits = search(client, key, user, "Which places has Jon's puppy been to?", mode="deep", max_tokens=200)
+    assert {"p1", "p2"} <= cited(hits)
