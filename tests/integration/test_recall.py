@@ -86,7 +86,8 @@ def test_deep_search_answers_with_both_facts_about_the_pet(client, settings, dat
     """Multi-hop: the question names the pet; the trip is told about by its name."""
     key, user = make_tenant_key(client), unique("user")
     topics = ["cooking pasta", "the weather", "football scores", "tax forms", "garden tools", "movie reviews"]
-    filler = [message(f"f{i}", f"I had a long chat about {t} today.", speaker="Jon") for i, t in enumerate(topics)]
+    filler = [message(f"f{i}", f"I had a long chat about {t} today.", speaker="Jon")
+              for i, t in enumerate(topics)]  # fmt: skip
     ingest(client, key, user, "s1", [
         message("p1", "My puppy Biscuit loves the beach.", speaker="Jon"),
         message("p2", "Biscuit came with us to Lake Tahoe in July.", speaker="Jon"),
