@@ -16,6 +16,8 @@ from memsvc.db import transaction
 from memsvc.errors import Forbidden, Invalid, NotFound, Unauthorized
 from memsvc.jobs import enqueue_build
 from memsvc.schemas import (
+    FeedbackOut,
+    FeedbackRequest,
     HitOut,
     IngestRequest,
     IngestResponse,
@@ -211,6 +213,21 @@ def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep
         context=result.context,
         context_tokens=result.context_tokens,
     )
+
+
+@router.post("/users/{user_id}/feedback", response_model=FeedbackOut)
+def feedback(user_id: str, body: FeedbackRequest, state: StateDep, caller: CallerDep) -> FeedbackOut:
+    """Tell memsvc which hits were used: they rank higher in later searches, unused ones lower."""
+
+    def unit_id(hit_id: str) -> int:
+        return int(hit_id.rsplit("-", 1)[1])
+
+    with transaction(state.factory) as session:
+        uid = require_user(session, caller, user_id)
+        updated = recall.record_feedback(
+            session, uid, [unit_id(h) for h in body.used], [unit_id(h) for h in body.unused]
+        )
+    return FeedbackOut(updated=updated)
 
 
 @router.get("/users/{user_id}", response_model=UserOut)

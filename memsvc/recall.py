@@ -1,6 +1,7 @@
 """Search: keeping the index in step with Postgres, candidates, and token-budget packing."""
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ def open_index(session: Session, index: VectorIndex) -> None:
 
 # --- search -----------------------------------------------------------------------------------
 
+
+# How far feedback can move a hit: at most +-20% of its fused score, saturating after a few votes.
+SALIENCE_WEIGHT = 0.2
+SALIENCE_BOUND = 5.0
 
 # A hit is cited by its first three source messages (the contract's scoring credits no more), so
 # only those count as covered when deciding whether a later hit brings something new.
@@ -196,6 +201,8 @@ def search(
         units.update(store.units_by_ids(session, user_id, [u for u in associated if u not in units]))
         associated = [uid for uid in associated if usable(uid)]
         scores = rrf_scores([*rankings, associated], weights=[1.0] * len(rankings) + [options.graph_weight])
+    # Feedback (RMM): units agents used rank a little higher, ones they passed over a little lower.
+    scores = {uid: s * (1 + SALIENCE_WEIGHT * math.tanh(units[uid].salience)) for uid, s in scores.items()}
     ranked = sorted(scores, key=lambda uid: -scores[uid])
     sessions = store.session_external_ids(
         session, [units[uid].session_id or 0 for uid in ranked if units[uid].session_id]
@@ -228,6 +235,16 @@ def associate(
         seeds[entity] = max(seeds.values(), default=1.0)
     found = graph.associate(seeds, options.kinds & options.graph_kinds, k=options.depth)
     return [uid for uid, _ in found]
+
+
+def record_feedback(session: Session, user_id: int, used: list[int], unused: list[int]) -> int:
+    """RMM's reward: +1 for a hit the agent used, -1 for one it did not."""
+    deltas: dict[int, float] = {}
+    for uid in used:
+        deltas[uid] = deltas.get(uid, 0.0) + 1.0
+    for uid in unused:
+        deltas[uid] = deltas.get(uid, 0.0) - 1.0
+    return store.add_salience(session, user_id, deltas, SALIENCE_BOUND)
 
 
 def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:

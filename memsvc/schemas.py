@@ -1,5 +1,6 @@
 """The HTTP contract as pydantic models (shapes and validation of what clients send and get)."""
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -101,3 +102,22 @@ class UserOut(BaseModel):
     by_kind: dict[str, int]
     entities: int
     links: int
+
+
+class FeedbackRequest(Strict):
+    """Which hits of a search the agent used (cited) and which it did not (RMM's reward signal)."""
+
+    used: list[str] = Field(default_factory=list, max_length=1000)
+    unused: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("used", "unused")
+    @classmethod
+    def _hit_ids(cls, ids: list[str]) -> list[str]:
+        bad = [i for i in ids if not re.fullmatch(r"(edu|note|episode|message)-[0-9]{1,18}", i)]
+        if bad:
+            raise ValueError(f"not hit ids (like 'edu-12'): {bad[:5]}")
+        return ids
+
+
+class FeedbackOut(BaseModel):
+    updated: int

@@ -307,6 +307,19 @@ def user_stats(session: Session, user_id: int) -> tuple[dict[str, int], dict[str
     return stats, {kind: int(count) for kind, count in rows}
 
 
+def add_salience(session: Session, user_id: int, deltas: dict[int, float], bound: float) -> int:
+    """Add to units' salience, kept within [-bound, bound]; returns how many units were found."""
+    updated = 0
+    for unit_id, delta in deltas.items():
+        result = session.execute(
+            update(MemoryUnit)
+            .where(MemoryUnit.user_id == user_id, MemoryUnit.id == unit_id)
+            .values(salience=func.greatest(-bound, func.least(bound, MemoryUnit.salience + delta)))
+        )
+        updated += result.rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    return updated
+
+
 def count_units(session: Session, user_id: int) -> int:
     return int(session.scalar(select(func.count()).where(MemoryUnit.user_id == user_id)) or 0)
 

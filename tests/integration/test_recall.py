@@ -96,3 +96,29 @@ def test_deep_search_answers_with_both_facts_about_the_pet(client, settings, dat
     drain(settings, database_url)
     hits = search(client, key, user, "Which places has Jon's puppy been to?", mode="deep", max_tokens=200)
     assert {"p1", "p2"} <= cited(hits)
+
+
+def test_feedback_moves_a_used_hit_above_one_that_was_passed_over(client, settings, database_url):
+    key, user = make_tenant_key(client), unique("user")
+    ingest(client, key, user, "s1", [
+        message("t1", "I drink green tea every morning.", speaker="Jon"),
+        message("t2", "Green tea is what I drink every morning, always.", speaker="Jon"),
+    ])  # fmt: skip
+    drain(settings, database_url)
+    question = "Does Jon drink green tea in the morning?"
+    hits = search(client, key, user, question, mode="fast")
+    first, second = hits[0]["id"], next(h["id"] for h in hits[1:] if h["kind"] == hits[0]["kind"])
+    for _ in range(5):
+        r = client.post(f"/v1/users/{user}/feedback", json={"used": [second], "unused": [first]},
+                        headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        assert r.status_code == 200 and r.json()["updated"] == 2
+    again = [h["id"] for h in search(client, key, user, question, mode="fast")]
+    assert again.index(second) < again.index(first)
+
+
+def test_feedback_refuses_what_is_not_a_hit_id(client):
+    key, user = make_tenant_key(client), unique("user")
+    ingest(client, key, user, "s1", [message("x1", "hello there, I like chess", speaker="Jon")])
+    r = client.post(f"/v1/users/{user}/feedback", json={"used": ["DROP TABLE"]},
+                    headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert r.status_code == 422 and "hit ids" in r.json()["error"]
