@@ -40,8 +40,15 @@ def pick_device(wanted: str) -> str:
 class Embedder:
     """Loads the model once; `encode` is thread-safe and batched."""
 
-    def __init__(self, model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64) -> None:
+    def __init__(
+        self, model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64, threads: int = 1
+    ) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
+
+        # One thread by default: API and worker share the cores, and torch's threads spin while
+        # they wait, so two processes with two threads each ran encodes 5-20x slower here.
+        torch.set_num_threads(threads)
 
         self.model_name = model
         self.device = pick_device(device)
@@ -69,14 +76,16 @@ class Embedder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-_cache: dict[tuple[str, str, int], Embedder] = {}
+_cache: dict[tuple[str, str, int, int], Embedder] = {}
 _cache_lock = Lock()
 
 
-def get_embedder(model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64) -> Embedder:
+def get_embedder(
+    model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64, threads: int = 1
+) -> Embedder:
     """One embedder per process and model: loading costs seconds and ~100 MB."""
-    key = (model, device, batch_size)
+    key = (model, device, batch_size, threads)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = Embedder(model, device, batch_size)
+            _cache[key] = Embedder(model, device, batch_size, threads)
         return _cache[key]

@@ -111,7 +111,9 @@ def run_worker(settings: Settings, database_url: str, *, burst: bool = False) ->
     engine = make_engine(database_url, pool_size=settings.worker_concurrency + 1)
     _resources = WorkerResources(
         factory=make_session_factory(engine),
-        embedder=get_embedder(settings.embed_model, settings.embed_device, settings.embed_batch_size),
+        embedder=get_embedder(
+            settings.embed_model, settings.embed_device, settings.embed_batch_size, settings.embed_threads
+        ),
         extractor=make_extractor(
             settings.extractor,
             llm_base_url=settings.llm_base_url,

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     )
     embed_device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    embed_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="CPU threads per process for the model; `serve` runs API and worker side by side",
+    )
     workers: int = Field(default=1, ge=0, le=64, description="worker processes `serve` starts")
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="jobs one worker runs at once")
     job_max_attempts: int = Field(default=5, ge=1, le=100)

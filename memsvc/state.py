@@ -37,7 +37,9 @@ class AppState:
     def open(cls, settings: Settings, database_url: str) -> "AppState":
         engine = make_engine(database_url)
         factory = make_session_factory(engine)
-        embedder = get_embedder(settings.embed_model, settings.embed_device, settings.embed_batch_size)
+        embedder = get_embedder(
+            settings.embed_model, settings.embed_device, settings.embed_batch_size, settings.embed_threads
+        )
         index = VectorIndex(embedder.model_name, embedder.dim, settings.index_dir)
         with factory() as session:
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})

@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         f"({sum(c.skipped for c in convs)} skipped for lack of valid evidence)")
 
     settings = get_settings()
-    embedder = get_embedder(settings.embed_model, settings.embed_device, settings.embed_batch_size)
+    embedder = get_embedder(
+        settings.embed_model, settings.embed_device, settings.embed_batch_size, settings.embed_threads
+    )
     res.embed_device = embedder.device
     res.encode_sentences_per_s = measure_encode(embedder, [t.text for c in convs for t in c.turns])
     log(f"encode: {res.encode_sentences_per_s:.0f} sentences/s on {embedder.device}")
