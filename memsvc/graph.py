@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 
 import networkx as nx
+import numpy as np
+from scipy import sparse
 
 from memsvc.lexical import tokenize
 
@@ -33,6 +35,14 @@ class MemoryGraph:
         hubs = [n for n, k in kinds.items() if k == "entity" and graph.degree(n) > limit]
         graph.remove_nodes_from(hubs)
         self.graph = graph
+        self._nodes = list(graph.nodes)
+        self._position = {node: i for i, node in enumerate(self._nodes)}
+        adjacency = nx.to_scipy_sparse_array(graph, nodelist=self._nodes, weight="weight", format="csr")
+        degree = np.asarray(adjacency.sum(axis=1)).ravel()
+        self._dangling = degree == 0
+        inverse = np.divide(1.0, degree, out=np.zeros_like(degree, dtype=float), where=degree > 0)
+        # column-stochastic: rank at a node flows to its neighbours in proportion to edge weight
+        self._transition = (sparse.diags(inverse) @ adjacency).T.tocsr()
         # entity token tuple -> entity node, for finding the entities a query names
         self.entities = {
             tuple(tokenize(name)): node
@@ -47,17 +57,29 @@ class MemoryGraph:
 
     def associate(self, seeds: dict[int, float], kinds: frozenset[str], k: int) -> list[tuple[int, float]]:
         """Personalized PageRank from the seeds; the best `k` nodes of `kinds` that are not seeds."""
-        seeds = {n: w for n, w in seeds.items() if n in self.graph and w > 0}
+        seeds = {n: w for n, w in seeds.items() if n in self._position and w > 0}
         if not seeds:
             return []
-        # Only what the seeds can reach can be associated; walking that part alone is faster and
-        # leaves no rounding crumbs of rank on unreachable nodes.
-        reachable: set[int] = set()
-        for seed in seeds:
-            if seed not in reachable:
-                reachable |= nx.node_connected_component(self.graph, seed)
-        ranks = nx.pagerank(
-            self.graph.subgraph(reachable), alpha=PPR_ALPHA, personalization=seeds, weight="weight", tol=1e-6
-        )
-        found = [(n, r) for n, r in ranks.items() if n not in seeds and self.kinds.get(n) in kinds and r > 0]
+        ranks = self._pagerank(seeds)
+        found = [
+            (node, float(ranks[i]))
+            for i, node in enumerate(self._nodes)
+            if ranks[i] > 0 and node not in seeds and self.kinds.get(node) in kinds
+        ]
         return sorted(found, key=lambda nr: -nr[1])[:k]
+
+    def _pagerank(self, seeds: dict[int, float], tol: float = 1e-8, max_iter: int = 100) -> np.ndarray:
+        # networkx.pagerank would rebuild this sparse matrix on every call, which cost ~150 ms a
+        # query on a LoCoMo-sized user; the power iteration itself takes well under a millisecond.
+        p = np.zeros(len(self._nodes))
+        for node, weight in seeds.items():
+            p[self._position[node]] = weight
+        p /= p.sum()
+        r = p.copy()  # starting at the seeds, rank never reaches what they cannot reach
+        for _ in range(max_iter):
+            dangling = r[self._dangling].sum()
+            nxt: np.ndarray = PPR_ALPHA * (self._transition @ r + dangling * p) + (1 - PPR_ALPHA) * p
+            if np.abs(nxt - r).sum() < tol:
+                return nxt
+            r = nxt
+        return r

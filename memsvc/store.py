@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from memsvc.tables import (
     ApiKey,
@@ -352,8 +352,11 @@ def publish_changes(session: Session, user_id: int, op: str, unit_ids: Sequence[
 def units_by_ids(session: Session, user_id: int, ids: Sequence[int]) -> dict[int, MemoryUnit]:
     if not ids:
         return {}
+    # Searches never need the vectors (FAISS has them): leaving them out is most of the bytes.
     rows = session.scalars(
-        select(MemoryUnit).where(MemoryUnit.user_id == user_id, MemoryUnit.id.in_(list(ids)))
+        select(MemoryUnit)
+        .options(defer(MemoryUnit.vector))
+        .where(MemoryUnit.user_id == user_id, MemoryUnit.id.in_(list(ids)))
     )
     return {u.id: u for u in rows}
 

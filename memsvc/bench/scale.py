@@ -340,6 +340,27 @@ def run(args: argparse.Namespace) -> int:
     qs = queries(args.queries)
     runs: list[dict[str, Any]] = []
     skipped: list[str] = []
+
+    command = " ".join(["memsvc", *sys.argv[1:]]) if sys.argv[0].endswith("memsvc") else str(vars(args))
+
+    def write() -> None:  # after every run, so a long run that is stopped still leaves its results
+        doc = {
+            "command": command,
+            "machine": machine(embedder.device), "pool": args.pool, "queries": len(qs), "k": K,
+            "approx_threshold": VectorIndex("", 1, None).approx_threshold,
+            "insert_sample": args.insert_sample, "max_minutes": args.max_minutes,
+            "vectors": f"Unit vectors: {args.pool} real template sentences encoded with "
+                       f"{embedder.model_name}, "
+                       f"each unit = one of them + N(0, {NOISE_SIGMA}^2) noise per dimension, renormalized "
+                       "(clustered, so kinder to IVF than real memory). Queries are real embeddings.",
+            "runs": runs, "skipped": skipped, "wall_s": round(time.perf_counter() - started, 1),
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(doc))
+        plot(doc, out.with_suffix(".png"))
+
     with postgres_server(args.database_url) as server_url:
         for units in sizes:
             for config in configs:
@@ -353,20 +374,7 @@ def run(args: argparse.Namespace) -> int:
                     run_one(server_url, corpus, embedder, qs, units, users, config, args.insert_sample)
                 )
                 log(f"  {runs[-1]}")
-    doc = {
-        "command": " ".join(["memsvc", *sys.argv[1:]]) if sys.argv[0].endswith("memsvc") else str(vars(args)),
-        "machine": machine(embedder.device), "pool": args.pool, "queries": len(qs), "k": K,
-        "approx_threshold": VectorIndex("", 1, None).approx_threshold,
-        "insert_sample": args.insert_sample, "max_minutes": args.max_minutes,
-        "vectors": f"Unit vectors: {args.pool} real template sentences encoded with {embedder.model_name}, "
-                   f"each unit = one of them + N(0, {NOISE_SIGMA}^2) noise per dimension, renormalized "
-                   "(clustered, so kinder to IVF than real memory). Queries are real embeddings.",
-        "runs": runs, "skipped": skipped, "wall_s": round(time.perf_counter() - started, 1),
-    }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(doc))
-    plot(doc, out.with_suffix(".png"))
-    log(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+                write()
+    write()
+    log(f"wrote {args.json} and its .md and .png")
     return 0
