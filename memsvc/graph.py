@@ -62,13 +62,13 @@ class MemoryGraph:
             return []
         ranks = self._pagerank(seeds)
         found = [
-            (node, float(ranks[i]))
-            for i, node in enumerate(self._nodes)
-            if ranks[i] > 0 and node not in seeds and self.kinds.get(node) in kinds
+            (self._nodes[i], float(ranks[i]))
+            for i in np.flatnonzero(ranks > 0)
+            if self._nodes[i] not in seeds and self.kinds.get(self._nodes[i]) in kinds
         ]
         return sorted(found, key=lambda nr: -nr[1])[:k]
 
-    def _pagerank(self, seeds: dict[int, float], tol: float = 1e-8, max_iter: int = 100) -> np.ndarray:
+    def _pagerank(self, seeds: dict[int, float], tol: float = 1e-8, max_iter: int = 30) -> np.ndarray:
         # networkx.pagerank would rebuild this sparse matrix on every call, which cost ~150 ms a
         # query on a LoCoMo-sized user; the power iteration itself takes well under a millisecond.
         p = np.zeros(len(self._nodes))

@@ -131,6 +131,9 @@ class VectorIndex:
         self.dim = dim
         self.approx_threshold = approx_threshold
         self.seq = 0
+        # The sequence number of the last change applied per user: a cheap version of a user's
+        # memory, which caches derived from it (BM25, graph) compare against.
+        self.user_seq: dict[int, int] = {}
         self._users: dict[int, faiss.Index] = {}
         self._dirty: set[int] = set()
         self._dropped: set[int] = set()

@@ -39,6 +39,7 @@ def _apply_changes(session: Session, index: VectorIndex) -> int:
         added = [c.unit_id for c in changes if c.op == "add" and c.unit_id is not None]
         vectors = store.unit_vectors(session, added, index.model)
         for change in changes:
+            index.user_seq[change.user_id] = change.seq
             if change.op == "add" and change.unit_id in vectors:
                 user_id, blob = vectors[change.unit_id]
                 index.add(user_id, np.array([change.unit_id]), store.from_blob(blob).reshape(1, -1))
@@ -62,6 +63,7 @@ def rebuild_index(session: Session, index: VectorIndex) -> None:
     for user_id, ids in batch_ids.items():
         index.add(user_id, np.array(ids, dtype=np.int64), np.vstack(batch_vecs[user_id]))
     index.seq = seq
+    index.user_seq = dict.fromkeys(batch_ids, seq)
     log.info("index rebuilt from Postgres: %d vectors, seq %d", index.count(), seq)
 
 
@@ -135,12 +137,12 @@ class PerUserCache(Generic[T]):
 
     def __init__(self, build: Callable[[Session, int, frozenset[str]], T], max_users: int = 128) -> None:
         self._build = build
-        self._cache: dict[tuple[int, frozenset[str]], tuple[tuple[int, int], T]] = {}
+        self._cache: dict[tuple[int, frozenset[str]], tuple[int, T]] = {}
         self._lock = threading.Lock()
         self.max_users = max_users
 
-    def get(self, session: Session, user_id: int, kinds: frozenset[str]) -> T:
-        version = store.units_version(session, user_id)
+    def get(self, session: Session, index: VectorIndex, user_id: int, kinds: frozenset[str]) -> T:
+        version = index.user_seq.get(user_id, 0)
         key = (user_id, kinds)
         with self._lock:
             found = self._cache.get(key)
@@ -186,7 +188,7 @@ def search(
     dense = index.search(user_id, query_vector, k=options.depth * 2)
     rankings = [[uid for uid, _ in dense]]
     if options.lexical:
-        lexical = lexical_indexes.get(session, user_id, options.kinds)
+        lexical = lexical_indexes.get(session, index, user_id, options.kinds)
         rankings.append([uid for uid, _ in lexical.search(query, options.depth)])
     units = store.units_by_ids(session, user_id, list({uid for r in rankings for uid in r}))
 
@@ -197,7 +199,7 @@ def search(
     rankings = [[uid for uid in r if usable(uid)][: options.depth] for r in rankings]
     scores = rrf_scores(rankings)
     if mode == "deep" and options.graph:
-        associated = associate(session, user_id, rankings, scores, query, options)
+        associated = associate(session, index, user_id, scores, query, options)
         units.update(store.units_by_ids(session, user_id, [u for u in associated if u not in units]))
         associated = [uid for uid in associated if usable(uid)]
         scores = rrf_scores([*rankings, associated], weights=[1.0] * len(rankings) + [options.graph_weight])
@@ -218,8 +220,8 @@ def search(
 
 def associate(
     session: Session,
+    index: VectorIndex,
     user_id: int,
-    rankings: list[list[int]],
     scores: dict[int, float],
     query: str,
     options: RecallOptions,
@@ -227,7 +229,7 @@ def associate(
     """Deep mode's associative step: personalized PageRank over the user's memory graph, seeded
     from the best candidates and the entities the query names; returns what it reaches, best
     first, that the index look-ups did not already rank near the top."""
-    graph = graphs.get(session, user_id, frozenset())
+    graph = graphs.get(session, index, user_id, frozenset())
     top = sorted(scores, key=lambda uid: -scores[uid])[: options.graph_seeds]
     seeds = {uid: scores[uid] for uid in top}
     named = graph.query_entities(query)

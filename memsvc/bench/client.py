@@ -84,18 +84,14 @@ class MemsvcClient:
             raise BenchError(f"search {user}: answer without a hits list")
         return hits
 
-    def units(self, user: str) -> int | None:
-        """How many memory units the service holds for `user`, if it says; None if it does not.
-
-        The contract has no such endpoint; a deployment that answers GET /v1/users/{u} with a
-        "units" count is read, anything else is reported as unknown rather than guessed.
-        """
+    def stats(self, user: str) -> dict[str, Any] | None:
+        """What the service says it holds for `user` (GET /v1/users/{u}: "units", "entities"...),
+        or None when it does not answer that: then nothing is guessed."""
         with contextlib.suppress(httpx.HTTPError, ValueError):
             resp = self.http.get(f"/v1/users/{user}")
-            if resp.status_code == 200:
-                value = resp.json().get("units")
-                if isinstance(value, int):
-                    return value
+            if resp.status_code == 200 and isinstance(resp.json().get("units"), int):
+                answer: dict[str, Any] = resp.json()
+                return answer
         return None
 
     def delete_user(self, user: str) -> None:

@@ -57,6 +57,13 @@ def document(
         "ingest_messages_per_s": res.ingest_messages_per_s,
         "encode_sentences_per_s": res.encode_sentences_per_s,
         "units_per_message": res.units_per_message,
+        "encoded_per_message": res.encoded_per_message,
+        "encode_units_per_s": res.encode_units_per_s,
+        "ingest_units_per_s": (
+            None
+            if res.ingest_messages_per_s is None or res.encoded_per_message is None
+            else res.ingest_messages_per_s * res.encoded_per_message
+        ),
         "peak_rss_mb": {"bench": round(bench_rss_mb, 1),
                         "server": None if server_rss is None else round(server_rss, 1)},
         "machine": machine(res.embed_device),
@@ -96,7 +103,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{_fmt(doc['search_p95_ms']['deep'], 1)}",
         f"- ingest: {_fmt(doc['ingest_messages_per_s'], 1)} messages/s end to end; "
         f"raw encode: {_fmt(doc['encode_sentences_per_s'], 0)} sentences/s",
-        f"- memory units per message: {_fmt(doc['units_per_message'], 2)}",
+        f"- memory units per message: {_fmt(doc['units_per_message'], 2)} searchable "
+        f"({_fmt(doc['encoded_per_message'], 2)} embedded, entities included); ingest embeds "
+        f"{_fmt(doc['ingest_units_per_s'], 0)} units/s end to end against a raw encode of "
+        f"{_fmt(doc['encode_units_per_s'], 0)} EDU-like units/s",
         f"- peak RSS MB: bench {_fmt(rss['bench'], 0)}, server tree {_fmt(rss['server'], 0)} "
         "(sum over serve, its workers and its PostgreSQL; shared pages count once per process)",
         f"- machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, "

@@ -20,6 +20,8 @@ from memsvc.bench.client import BenchError, LocalServer, MemsvcClient, http_clie
 from memsvc.bench.locomo import Conversation, DataError, load
 from memsvc.bench.score import Scored, hits_from_json, recall, summarize
 from memsvc.embed import Embedder, get_embedder
+from memsvc.extract import RulesExtractor
+from memsvc.extract import Turn as ExTurn
 from memsvc.settings import get_settings
 
 BASELINE_BUDGETS = (500, 1000, 2000)
@@ -44,6 +46,8 @@ class Results:
     ingest_messages_per_s: float | None = None
     encode_sentences_per_s: float | None = None
     units_per_message: float | None = None
+    encoded_per_message: float | None = None  # texts the service embeds per message (units + entities)
+    encode_units_per_s: float | None = None  # raw encode of EDU-like unit texts, same model
     server_peak_rss_mb: float | None = None
     embed_device: str = ""
 
@@ -60,6 +64,18 @@ def measure_encode(embedder: Embedder, texts: list[str]) -> float:
     start = time.perf_counter()
     embedder.encode(texts)
     return len(texts) / (time.perf_counter() - start)
+
+
+def unit_texts(convs: list[Conversation]) -> list[str]:
+    """The EDU texts the default (rules) extractor makes of these turns: what ingest mostly encodes."""
+    extractor = RulesExtractor()
+    texts: list[str] = []
+    for conv in convs:
+        for _, turns in conv.sessions:
+            people = list(dict.fromkeys(t.speaker for t in turns))
+            batch = [ExTurn(t.dia_id, t.speaker, "user", t.text, t.created_at) for t in turns]
+            texts += [e.text for e in extractor.extract(batch, people)]
+    return texts
 
 
 def run_baselines(convs: list[Conversation], embedder: Embedder, res: Results) -> None:
@@ -96,9 +112,12 @@ def run_memsvc(convs: list[Conversation], client: MemsvcClient, res: Results) ->
         res.ingest_messages_per_s = n_messages / (time.perf_counter() - start)
         log(f"ingest: {res.ingest_messages_per_s:.1f} messages/s")
 
-        units = [client.units(users[c.sample_id]) for c in convs]
-        if all(u is not None for u in units):
-            res.units_per_message = sum(u for u in units if u is not None) / n_messages
+        stats = [client.stats(users[c.sample_id]) for c in convs]
+        if all(s is not None for s in stats):
+            units = sum(int(s["units"]) for s in stats if s is not None)
+            entities = sum(int(s.get("entities", 0)) for s in stats if s is not None)
+            res.units_per_message = units / n_messages
+            res.encoded_per_message = (units + entities) / n_messages
 
         for conv in convs:
             user = users[conv.sample_id]
@@ -165,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     res.embed_device = embedder.device
     res.encode_sentences_per_s = measure_encode(embedder, [t.text for c in convs for t in c.turns])
     log(f"encode: {res.encode_sentences_per_s:.0f} sentences/s on {embedder.device}")
+    res.encode_units_per_s = measure_encode(embedder, unit_texts(convs))
+    log(f"encode: {res.encode_units_per_s:.0f} EDU-like units/s")
     run_baselines(convs, embedder, res)
     log("baselines done")
 
