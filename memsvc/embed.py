@@ -41,7 +41,11 @@ class Embedder:
     """Loads the model once; `encode` is thread-safe and batched."""
 
     def __init__(
-        self, model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64, threads: int = 1
+        self,
+        model: str = BUNDLED_MODEL,
+        device: str = "auto",
+        batch_size: int | None = None,
+        threads: int = 1,
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -58,7 +62,9 @@ class Embedder:
         dim = self._model.get_embedding_dimension()
         assert dim is not None, f"model {model} does not report its embedding dimension"
         self.dim: int = dim
-        self.batch_size = batch_size
+        # Small batches on CPU: a batch is padded to its longest text, and with the short, mixed
+        # texts of one ingest job, batches of 64 encoded 40 texts/s here against 115 for batches of 8.
+        self.batch_size = batch_size or (128 if self.device == "cuda" else 8)
         self._lock = Lock()
         log.info("embedder ready: model=%s device=%s dim=%d", model, self.device, self.dim)
 
@@ -76,12 +82,12 @@ class Embedder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-_cache: dict[tuple[str, str, int, int], Embedder] = {}
+_cache: dict[tuple[str, str, int | None, int], Embedder] = {}
 _cache_lock = Lock()
 
 
 def get_embedder(
-    model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int = 64, threads: int = 1
+    model: str = BUNDLED_MODEL, device: str = "auto", batch_size: int | None = None, threads: int = 1
 ) -> Embedder:
     """One embedder per process and model: loading costs seconds and ~100 MB."""
     key = (model, device, batch_size, threads)

@@ -22,7 +22,9 @@ class Settings(BaseSettings):
         default=BUNDLED_MODEL, description="sentence-transformers model name or path; default is bundled"
     )
     embed_device: Literal["auto", "cpu", "cuda"] = "auto"
-    embed_batch_size: int = Field(default=64, ge=1, le=4096)
+    embed_batch_size: int | None = Field(
+        default=None, ge=1, le=4096, description="texts per model call; unset: 8 on CPU, 128 on CUDA"
+    )
     embed_threads: int = Field(
         default=1,
         ge=1,

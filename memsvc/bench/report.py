@@ -106,7 +106,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- memory units per message: {_fmt(doc['units_per_message'], 2)} searchable "
         f"({_fmt(doc['encoded_per_message'], 2)} embedded, entities included); ingest embeds "
         f"{_fmt(doc['ingest_units_per_s'], 0)} units/s end to end against a raw encode of "
-        f"{_fmt(doc['encode_units_per_s'], 0)} EDU-like units/s",
+        f"{_fmt(doc['encode_units_per_s'], 0)} units/s of the same kinds of text",
         f"- peak RSS MB: bench {_fmt(rss['bench'], 0)}, server tree {_fmt(rss['server'], 0)} "
         "(sum over serve, its workers and its PostgreSQL; shared pages count once per process)",
         f"- machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, "

@@ -47,7 +47,7 @@ class Results:
     encode_sentences_per_s: float | None = None
     units_per_message: float | None = None
     encoded_per_message: float | None = None  # texts the service embeds per message (units + entities)
-    encode_units_per_s: float | None = None  # raw encode of EDU-like unit texts, same model
+    encode_units_per_s: float | None = None  # raw encode of the unit texts ingest makes, same model
     server_peak_rss_mb: float | None = None
     embed_device: str = ""
 
@@ -67,14 +67,19 @@ def measure_encode(embedder: Embedder, texts: list[str]) -> float:
 
 
 def unit_texts(convs: list[Conversation]) -> list[str]:
-    """The EDU texts the default (rules) extractor makes of these turns: what ingest mostly encodes."""
+    """What ingest encodes, rebuilt here with the same code: each message as its unit text, the EDUs
+    the default (rules) extractor makes of it, and each entity name once per conversation."""
     extractor = RulesExtractor()
     texts: list[str] = []
     for conv in convs:
+        names: dict[str, None] = {}
         for _, turns in conv.sessions:
             people = list(dict.fromkeys(t.speaker for t in turns))
             batch = [ExTurn(t.dia_id, t.speaker, "user", t.text, t.created_at) for t in turns]
-            texts += [e.text for e in extractor.extract(batch, people)]
+            edus = extractor.extract(batch, people)
+            texts += [t.unit_text for t in turns] + [e.text for e in edus]
+            names.update(dict.fromkeys(n for e in edus for n in e.entities))
+        texts += list(names)
     return texts
 
 
@@ -185,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     res.encode_sentences_per_s = measure_encode(embedder, [t.text for c in convs for t in c.turns])
     log(f"encode: {res.encode_sentences_per_s:.0f} sentences/s on {embedder.device}")
     res.encode_units_per_s = measure_encode(embedder, unit_texts(convs))
-    log(f"encode: {res.encode_units_per_s:.0f} EDU-like units/s")
+    log(f"encode: {res.encode_units_per_s:.0f} unit texts/s (messages, EDUs, entity names)")
     run_baselines(convs, embedder, res)
     log("baselines done")
 

@@ -335,7 +335,9 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(s) for s in str(args.units).replace("_", "").split(",") if s]
     configs = [c for c in ("single-user", "many-users") if c.split("-")[0] in args.configs.split(",")]
     settings = get_settings()
-    embedder = get_embedder(settings.embed_model, settings.embed_device, settings.embed_batch_size)
+    embedder = get_embedder(
+        settings.embed_model, settings.embed_device, settings.embed_batch_size, settings.embed_threads
+    )
     corpus = Corpus.make(embedder, args.pool)
     qs = queries(args.queries)
     runs: list[dict[str, Any]] = []
