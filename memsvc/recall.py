@@ -127,6 +127,7 @@ class RecallOptions:
     # What the walk may bring in: episodes are near every EDU of theirs, so a walk finds them first,
     # but they are long and cite no more than three messages.
     graph_kinds: frozenset[str] = frozenset({"edu", "note"})
+    spread_sources: bool = True  # packing: hits citing only already-cited messages go last
 
 
 T = TypeVar("T")
@@ -213,7 +214,7 @@ def search(
         Hit(units[uid], scores[uid], sessions.get(units[uid].session_id or 0), count_tokens(units[uid].text))
         for uid in ranked
     ]
-    hits = pack(candidates, max_tokens=max_tokens, limit=limit)
+    hits = pack(candidates, max_tokens=max_tokens, limit=limit, spread_sources=options.spread_sources)
     context = render_context(hits)
     return SearchResult(hits=hits, context=context, context_tokens=count_tokens(context) if hits else 0)
 
@@ -259,7 +260,7 @@ def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:
     return unit.valid_to is None or unit.valid_to > as_of
 
 
-def pack(ranked: list[Hit], *, max_tokens: int, limit: int) -> list[Hit]:
+def pack(ranked: list[Hit], *, max_tokens: int, limit: int, spread_sources: bool = True) -> list[Hit]:
     """Hits in rank order whose texts together fit in `max_tokens` (at most `limit` of them).
 
     A hit too long for what is left is skipped, not the end: a shorter one further down may fit.
@@ -271,7 +272,7 @@ def pack(ranked: list[Hit], *, max_tokens: int, limit: int) -> list[Hit]:
     cited: set[str] = set()
     for hit in ranked:
         sources = set(hit.unit.source_message_ids[:CITED_SOURCES])
-        (repeats if sources and sources <= cited else fresh).append(hit)
+        (repeats if spread_sources and sources and sources <= cited else fresh).append(hit)
         cited |= sources
     packed: list[Hit] = []
     used = 0
