@@ -1,6 +1,8 @@
 """Database access: the embedded PostgreSQL, the engine and session factory, migrations."""
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +72,22 @@ class EmbeddedPostgres:
             log.info("embedded PostgreSQL stopped")
         except Exception as exc:  # already stopped, or stopped by someone else
             log.warning("embedded PostgreSQL stop: %s", exc)
+
+
+@contextmanager
+def postgres_server(url: str | None, prefix: str = "mpg-") -> Iterator[str]:
+    """`url` when given; else a throwaway embedded PostgreSQL in a fresh short /tmp dir (its socket
+    path must stay under ~100 characters), stopped and removed on exit. For tests and benchmarks."""
+    if url:
+        yield url
+        return
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    server = EmbeddedPostgres(directory)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def migrate(url: str) -> None:

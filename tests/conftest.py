@@ -8,7 +8,6 @@ that server is used instead. Either way each database the tests use is created f
 """
 
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,29 +18,20 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from memsvc.db import EmbeddedPostgres, libpq_url, make_engine, migrate
+from memsvc.db import libpq_url, make_engine, migrate, postgres_server
 from memsvc.main import create_app
 from memsvc.settings import Settings
 
 # The plain-function factories live next to this file (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from factories import database_url_named, make_settings, short_tmp_dir  # noqa: E402
+from factories import database_url_named, make_settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """URL of a PostgreSQL server the tests may create databases on."""
-    external = os.environ.get("MEMSVC_TEST_DATABASE_URL")
-    if external:
-        yield external
-        return
-    directory = short_tmp_dir("mt")
-    server = EmbeddedPostgres(directory)
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    with postgres_server(os.environ.get("MEMSVC_TEST_DATABASE_URL"), prefix="mt") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,7 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +31,7 @@ from memsvc import recall, store
 from memsvc.bench.client import LocalServer, MemsvcClient, http_client
 from memsvc.bench.report import machine, percentile
 from memsvc.bench.scale_report import markdown, plot
-from memsvc.db import EmbeddedPostgres, libpq_url, make_engine, make_session_factory, migrate, transaction
+from memsvc.db import libpq_url, make_engine, make_session_factory, migrate, postgres_server, transaction
 from memsvc.embed import Embedder, content_hash, get_embedder
 from memsvc.index import VectorIndex
 from memsvc.settings import get_settings
@@ -128,22 +126,6 @@ def queries(count: int, seed: int = 11) -> list[str]:
 
 
 # --- databases --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres_server(url: str | None) -> Iterator[str]:
-    """The given server, or an embedded PostgreSQL under a short /tmp dir (its socket path must
-    stay under ~100 characters), stopped and removed on exit."""
-    if url:
-        yield url
-        return
-    directory = Path(tempfile.mkdtemp(prefix="msc-", dir="/tmp"))
-    server = EmbeddedPostgres(directory)
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
