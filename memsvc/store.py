@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.orm import Session, load_only
 
 from memsvc.tables import (
     ApiKey,
@@ -341,11 +341,27 @@ def publish_changes(session: Session, user_id: int, op: str, unit_ids: Sequence[
 def units_by_ids(session: Session, user_id: int, ids: Sequence[int]) -> dict[int, MemoryUnit]:
     if not ids:
         return {}
-    # Searches never need the vectors (FAISS has them): leaving them out is most of the bytes.
+    # Only what search reads: the vectors (FAISS has them) are most of the bytes, and decoding
+    # attrs (JSONB) for a few hundred candidates cost more than the rest of the query.
     rows = session.scalars(
         select(MemoryUnit)
-        .options(defer(MemoryUnit.vector))
-        .where(MemoryUnit.user_id == user_id, MemoryUnit.id.in_(list(ids)))
+        .options(
+            load_only(
+                MemoryUnit.kind,
+                MemoryUnit.text,
+                MemoryUnit.source_message_ids,
+                MemoryUnit.session_id,
+                MemoryUnit.occurred_at,
+                MemoryUnit.valid_from,
+                MemoryUnit.valid_to,
+                MemoryUnit.salience,
+            )
+        )
+        # One array parameter: an IN list of a few hundred binds took longer to build than to run.
+        .where(
+            MemoryUnit.user_id == user_id,
+            MemoryUnit.id == any_(bindparam("ids", list(ids), ARRAY(BigInteger))),
+        )
     )
     return {u.id: u for u in rows}
 
