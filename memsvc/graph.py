@@ -37,18 +37,20 @@ class MemoryGraph:
         self.graph = graph
         self._nodes = list(graph.nodes)
         self._position = {node: i for i, node in enumerate(self._nodes)}
-        adjacency = nx.to_scipy_sparse_array(graph, nodelist=self._nodes, weight="weight", format="csr")
-        degree = np.asarray(adjacency.sum(axis=1)).ravel()
-        self._dangling = degree == 0
-        inverse = np.divide(1.0, degree, out=np.zeros_like(degree, dtype=float), where=degree > 0)
-        # column-stochastic: rank at a node flows to its neighbours in proportion to edge weight
-        self._transition = (sparse.diags(inverse) @ adjacency).T.tocsr()
         # entity token tuple -> entity node, for finding the entities a query names
         self.entities = {
             tuple(tokenize(name)): node
             for node, name in entity_names.items()
             if node in graph and tokenize(name)
         }
+        if not self._nodes:  # a user whose memory is not built yet: nothing to walk (networkx
+            return  # would refuse the empty matrix), and associate() finds no seed in _position
+        adjacency = nx.to_scipy_sparse_array(graph, nodelist=self._nodes, weight="weight", format="csr")
+        degree = np.asarray(adjacency.sum(axis=1)).ravel()
+        self._dangling = degree == 0
+        inverse = np.divide(1.0, degree, out=np.zeros_like(degree, dtype=float), where=degree > 0)
+        # column-stochastic: rank at a node flows to its neighbours in proportion to edge weight
+        self._transition = (sparse.diags(inverse) @ adjacency).T.tocsr()
 
     def query_entities(self, query: str) -> list[int]:
         """Entities whose every word appears in the query."""

@@ -40,13 +40,15 @@ class Bm25:
 
     def __init__(self, ids: Sequence[int], texts: Sequence[str]) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
-        self._retriever = bm25s.BM25()
-        self._retriever.index([tokenize(t) for t in texts], show_progress=False)
+        self._retriever: bm25s.BM25 | None = None
+        if len(self.ids):  # bm25s cannot index an empty corpus (a user whose memory is not built yet)
+            self._retriever = bm25s.BM25()
+            self._retriever.index([tokenize(t) for t in texts], show_progress=False)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """Best `k` ids with their scores; ids sharing no word with the query are left out."""
         tokens = tokenize(query)
-        if not tokens or len(self.ids) == 0:
+        if not tokens or self._retriever is None:
             return []
         scores = np.asarray(self._retriever.get_scores(tokens), dtype=np.float64)
         if len(scores) > k:  # a partial sort: a full one over a million scores costs ~100 ms

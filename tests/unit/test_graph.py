@@ -38,3 +38,9 @@ def test_a_hub_entity_does_not_connect_everything():
     graph = MemoryGraph(kinds, {999: "Jon"}, links)
     assert graph.associate({0: 1.0}, EDU_KINDS, k=10) == []
     assert graph.query_entities("What did Jon do?") == []
+
+
+def test_a_user_without_memory_has_an_empty_graph_that_finds_nothing():
+    graph = MemoryGraph({}, {}, [])
+    assert graph.associate({1: 1.0}, EDU_KINDS, k=10) == []
+    assert graph.query_entities("anything at all") == []
