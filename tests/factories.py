@@ -1,7 +1,9 @@
 """Plain-function test factories and process helpers (no fixtures here; see conftest.py)."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +30,11 @@ Client = TestClient | httpx.Client
 
 
 def short_tmp_dir(prefix: str) -> Path:
-    """A fresh directory with a short path (an embedded PostgreSQL's socket lives under it)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A fresh directory with a short path (an embedded PostgreSQL's socket lives under it),
+    removed when the test run ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def database_url_named(server_url: str, name: str) -> str:
