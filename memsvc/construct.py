@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from memsvc import store
 from memsvc.db import transaction
 from memsvc.embed import Embedder, content_hash
-from memsvc.extract import Edu, Extractor, Turn, format_day
+from memsvc.extract import Edu, Extractor, Turn
 from memsvc.notes import SINGLE_VALUED_ATTRIBUTES, NoteCandidate, distill_notes
 from memsvc.segment import EpisodeSpan, segment
 from memsvc.tables import MemoryUnit, Message
+from memsvc.temporal import format_day
 
 log = logging.getLogger(__name__)
 

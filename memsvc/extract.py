@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Protocol
 
 import pysbd
+
+from memsvc.temporal import WEEKDAYS, TimeCue, date_time_cues, format_day
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,9 @@ def make_extractor(
     raise ValueError(f"unknown extractor kind {kind!r} (expected 'rules' or 'llm')")
 
 
-def format_day(day: date) -> str:
-    """'8 May 2023': the one date form EDU texts use (no leading zero, month spelled out)."""
-    return f"{day.day} {day:%B %Y}"
-
-
 # --- word lists -------------------------------------------------------------------------------------
 # Hand-kept rather than taken from a library: no stop-word list bundled with our dependencies knows chat
 # interjections, and the lists decide what counts as small talk, so they must be reviewable here.
-
 
 
 def _words(text: str) -> frozenset[str]:
@@ -82,7 +78,6 @@ def _words(text: str) -> frozenset[str]:
 
 
 _MONTHS = [date(2000, m, 1).strftime("%B") for m in range(1, 13)]
-_WEEKDAYS = [date(2024, 1, d).strftime("%A") for d in range(1, 8)]  # 1 January 2024 was a Monday
 FUNCTION_WORDS = _words(
     """a an the and or but nor so yet if then than that this these those there here it its it's itself
     i i'm i've i'll i'd me my mine myself you you're you've you'll you'd your yours yourself yourselves
@@ -109,8 +104,10 @@ FUNCTION_WORDS = _words(
     we've we'll we'd they're they've they'll they'd he's she's he'd she'd he'll she'll you'd there'll"""
 )
 # Words that are never a topic by themselves in chat; they never become keywords either.
-_NOT_KEYWORDS = FUNCTION_WORDS | _words(
-    """last next week weekend month year day days weeks months years morning night evening afternoon
+_NOT_KEYWORDS = (
+    FUNCTION_WORDS
+    | _words(
+        """last next week weekend month year day days weeks months years morning night evening afternoon
     time times able sorry hard easy big small little long short high low full whole real important
     different happy sad tough rough crazy awesome ago able glad kind kinds sort sorts stuff type ran
     continue check chose spoke found given hear help pick turn start stand blend embrace express refresh
@@ -118,8 +115,10 @@ _NOT_KEYWORDS = FUNCTION_WORDS | _words(
     thinking trying having coming giving keeping expressing thankful grateful keen lucky vital optimistic
     hopeful safe creative rewarding helpful similar thrilled cause live anymore doesn didn isn wasn don
     won aren couldn wouldn shouldn haven hasn two three four five six seven eight nine ten"""
-) | frozenset(m.lower() for m in _MONTHS + _WEEKDAYS)
-_NOT_NAMES = frozenset(_MONTHS + _WEEKDAYS + ["I", "OK", "Ok", "Okay", "Mr", "Mrs", "Ms", "Dr"])
+    )
+    | frozenset(m.lower() for m in _MONTHS + WEEKDAYS)
+)
+_NOT_NAMES = frozenset(_MONTHS + WEEKDAYS + ["I", "OK", "Ok", "Okay", "Mr", "Mrs", "Ms", "Dr"])
 
 # Present-tense verbs that get a third-person "-s" once "I"/"you" becomes a name ("Caroline loves").
 _AGREEING_VERBS = _words(
@@ -200,132 +199,6 @@ def is_small_talk(sentence: str, names: Sequence[str] = ()) -> bool:
             continue
         return False
     return True
-
-
-# --- time cues --------------------------------------------------------------------------------------
-# dateparser was measured for this: it answers points, not periods ("last month" -> 8 April, not April),
-# misses "last weekend", seasons and "a couple of weeks ago", and costs 1-200 ms a call; the calendar
-# arithmetic below is what is needed and nothing more.
-
-_NUMBERS = {
-    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "a couple of": 2, "a couple": 2,
-    "couple of": 2, "couple": 2,
-}  # fmt: skip
-_SEASONS = {"spring": 3, "summer": 6, "fall": 9, "autumn": 9, "winter": 12}
-_NUM = (
-    r"(?:\d{1,2}|a couple of|a couple|couple of|an?|one|two|three|four|five|six|seven|eight|nine|ten"
-    r"|eleven|twelve)"
-)
-_CUE = re.compile(
-    r"\b(?:(?P<fixed>the day before yesterday|yesterday|last night|today|tonight|this morning"
-    r"|this afternoon|this evening|tomorrow)"
-    r"|(?P<num>" + _NUM + r")\s+(?P<unit>day|week|month|year)s?\s+ago"
-    r"|(?P<rel>last|next|this|past|coming)\s+(?P<what>week|weekend|month|year|spring|summer|fall|autumn"
-    r"|winter|monday|tuesday|wednesday|thursday|friday|saturday|sunday))\b",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class TimeCue:
-    start: int
-    end: int
-    cue: str  # as written
-    label: str  # what is inserted after the cue, e.g. "7 May 2023"
-    day: date  # first day of the period the cue names
-
-
-def _add_months(day: date, months: int) -> date:
-    index = day.year * 12 + day.month - 1 + months
-    return date(index // 12, index % 12 + 1, 1)
-
-
-def _season_start(day: date, name: str, shift: int) -> date:
-    """First day of the season containing `day` (winter starts in December), moved `shift` seasons."""
-    month = _SEASONS[name]
-    start = date(day.year, month, 1)
-    if month == 12 and day.month <= 2:
-        start = date(day.year - 1, 12, 1)
-    return date(start.year + shift, start.month, 1)
-
-
-def _season_label(start: date, name: str) -> str:
-    if start.month == 12:
-        return f"winter {start.year}-{start.year + 1}"
-    return f"{name.lower()} {start.year}"
-
-
-def _resolve(match: re.Match[str], today: date) -> tuple[str, date] | None:
-    if fixed := match.group("fixed"):
-        offset = {"the day before yesterday": -2, "yesterday": -1, "last night": -1, "tomorrow": 1}
-        day = today + timedelta(days=offset.get(fixed.lower(), 0))
-        return format_day(day), day
-    if num := match.group("num"):
-        n = int(num) if num.isdigit() else _NUMBERS[num.lower()]
-        unit = match.group("unit").lower()
-        if unit == "day":
-            day = today - timedelta(days=n)
-            return format_day(day), day
-        if unit == "week":
-            monday = today - timedelta(days=today.weekday() + 7 * n)
-            return f"the week of {format_day(monday)}", monday
-        if unit == "month":
-            first = _add_months(today, -n)
-            return f"{first:%B %Y}", first
-        return str(today.year - n), date(today.year - n, 1, 1)
-    rel, what = match.group("rel").lower(), match.group("what").lower()
-    step = {"last": -1, "past": -1, "next": 1, "coming": 1, "this": 0}[rel]
-    if what == "week":
-        monday = today - timedelta(days=today.weekday()) + timedelta(weeks=step)
-        return f"the week of {format_day(monday)}", monday
-    if what == "weekend":  # weeks run Monday-Sunday; "this weekend" is the current week's
-        saturday = today - timedelta(days=today.weekday() - 5) + timedelta(weeks=step)
-        return f"the weekend of {format_day(saturday)}", saturday
-    if what == "month":
-        first = _add_months(today, step)
-        return f"{first:%B %Y}", first
-    if what == "year":
-        return str(today.year + step), date(today.year + step, 1, 1)
-    if what in _SEASONS:
-        current = _season_start(today, what, 0)
-        if step == 0:
-            start = current
-        elif step == -1:  # the latest such season that is over: last summer, said in October, is this year's
-            start = current if _add_months(current, 3) <= today else _season_start(today, what, -1)
-        else:
-            start = current if current > today else _season_start(today, what, 1)
-        return _season_label(start, what), start
-    weekday = _WEEKDAYS.index(what.capitalize())
-    if step == -1:  # the latest such day strictly before today
-        day = today - timedelta(days=(today.weekday() - weekday - 1) % 7 + 1)
-    elif step == 1:  # the first such day strictly after today
-        day = today + timedelta(days=(weekday - today.weekday() - 1) % 7 + 1)
-    else:  # "this Friday": the one in the current Monday-Sunday week
-        day = today + timedelta(days=weekday - today.weekday())
-    return format_day(day), day
-
-
-def find_time_cues(text: str, today: date) -> list[TimeCue]:
-    """Relative time cues in `text`, each with the absolute date or period it names (said on `today`)."""
-    cues: list[TimeCue] = []
-    for match in _CUE.finditer(text):
-        resolved = _resolve(match, today)
-        if resolved is not None:
-            cues.append(TimeCue(match.start(), match.end(), match.group(0), resolved[0], resolved[1]))
-    return cues
-
-
-def date_time_cues(text: str, today: date) -> tuple[str, list[TimeCue]]:
-    """`text` with "(<date>)" after each resolved cue, and the cues found."""
-    cues = find_time_cues(text, today)
-    out, pos = [], 0
-    for cue in cues:
-        out.append(text[pos : cue.end])
-        out.append(f" ({cue.label})")
-        pos = cue.end
-    out.append(text[pos:])
-    return "".join(out), cues
 
 
 # --- names and pronouns -----------------------------------------------------------------------------
@@ -654,14 +527,17 @@ class RulesExtractor:
         asked, asked_cues = self._resolved(asker, question, people)
         cues = cues or asked_cues
         return Edu(
-            text=f'{turn.speaker} ({format_day(_utc_day(turn.created_at))}): {answer} '
+            text=f"{turn.speaker} ({format_day(_utc_day(turn.created_at))}): {answer} "
             f'(answering {asker.speaker}: "{asked}")',
             source_message_ids=(turn.message_id, asker.message_id),
             speakers=(turn.speaker, asker.speaker),
             occurred_at=_start_of(cues[0].day) if cues else turn.created_at,
             time_cue=cues[0].cue if cues else None,
-            entities=tuple(dict.fromkeys([*entities_of(answer, people, names_seen),
-                                          *entities_of(asked, people, names_seen)])),
+            entities=tuple(
+                dict.fromkeys(
+                    [*entities_of(answer, people, names_seen), *entities_of(asked, people, names_seen)]
+                )
+            ),
         )
 
 

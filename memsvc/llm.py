@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from memsvc.extract import Edu, RulesExtractor, Turn, canonical_name, format_day, split_caption
+from memsvc.extract import Edu, RulesExtractor, Turn, canonical_name, split_caption
+from memsvc.temporal import format_day
 from memsvc.tokens import TOKENS_PER_WORD
 
 log = logging.getLogger(__name__)

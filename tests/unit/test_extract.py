@@ -4,7 +4,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from memsvc.extract import Edu, RulesExtractor, Turn, find_time_cues, split_sentences
+from memsvc.extract import Edu, RulesExtractor, Turn, split_sentences
+from memsvc.temporal import find_time_cues
 
 MONDAY = datetime(2023, 5, 8, 14, 30, tzinfo=UTC)  # 8 May 2023 was a Monday
 PEOPLE = ["Priya", "Jonathan"]
