@@ -165,10 +165,6 @@ def session_messages(session: Session, session_id: int) -> list[Message]:
     )
 
 
-def session_external_id(session: Session, session_id: int) -> str:
-    return session.scalars(select(ChatSession.external_id).where(ChatSession.id == session_id)).one()
-
-
 # --- memory units -----------------------------------------------------------------------------
 
 
