@@ -195,6 +195,7 @@ def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep
             max_tokens=body.max_tokens,
             mode=body.mode,
             as_of=body.as_of,
+            occurred=(body.occurred_after, body.occurred_before),
         )
     return SearchResponse(
         hits=[

@@ -182,6 +182,7 @@ def search(
     max_tokens: int,
     mode: str,
     as_of: datetime | None = None,
+    occurred: tuple[datetime | None, datetime | None] = (None, None),
     options: RecallOptions = RecallOptions(),
 ) -> SearchResult:
     refresh_index(session, index)
@@ -195,7 +196,12 @@ def search(
 
     def usable(uid: int) -> bool:
         unit = units.get(uid)
-        return unit is not None and unit.kind in options.kinds and _valid_at(unit, as_of)
+        return (
+            unit is not None
+            and unit.kind in options.kinds
+            and _valid_at(unit, as_of)
+            and _in_range(unit, *occurred)
+        )
 
     rankings = [[uid for uid in r if usable(uid)][: options.depth] for r in rankings]
     scores = rrf_scores(rankings)
@@ -258,6 +264,15 @@ def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:
     if unit.occurred_at is not None and unit.kind != "note" and unit.occurred_at > as_of:
         return False
     return unit.valid_to is None or unit.valid_to > as_of
+
+
+def _in_range(unit: MemoryUnit, after: datetime | None, before: datetime | None) -> bool:
+    """Whether the unit's event falls in [after, before); a unit with no date never does."""
+    if after is None and before is None:
+        return True
+    if unit.occurred_at is None:
+        return False
+    return (after is None or unit.occurred_at >= after) and (before is None or unit.occurred_at < before)
 
 
 def pack(ranked: list[Hit], *, max_tokens: int, limit: int, spread_sources: bool = True) -> list[Hit]:

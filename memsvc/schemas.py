@@ -4,7 +4,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Id = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 
@@ -70,6 +70,15 @@ class SearchRequest(Strict):
     max_tokens: int = Field(default=1000, ge=1, le=200_000)
     mode: Literal["fast", "deep"] = "deep"
     as_of: AwareDatetime | None = None
+    # Only memory of what happened in [occurred_after, occurred_before) (by each unit's occurred_at).
+    occurred_after: AwareDatetime | None = None
+    occurred_before: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "SearchRequest":
+        if self.occurred_after and self.occurred_before and self.occurred_after >= self.occurred_before:
+            raise ValueError("occurred_after must be earlier than occurred_before")
+        return self
 
 
 class HitOut(BaseModel):

@@ -122,3 +122,19 @@ def test_feedback_refuses_what_is_not_a_hit_id(client):
     r = client.post(f"/v1/users/{user}/feedback", json={"used": ["DROP TABLE"]},
                     headers={"Authorization": f"Bearer {key}"})  # fmt: skip
     assert r.status_code == 422 and "hit ids" in r.json()["error"]
+
+
+def test_a_time_range_keeps_only_memory_of_what_happened_in_it(client, settings, database_url):
+    key, user = _story(client, settings, database_url, [
+        ("r1", "I ran a marathon in Chicago.", "2023-03-10T10:00:00+00:00"),
+        ("r2", "I ran a half marathon in Denver.", "2023-09-10T10:00:00+00:00"),
+    ])  # fmt: skip
+    everything = cited(search(client, key, user, "Which races did Jon run?", max_tokens=500))
+    assert {"r1", "r2"} <= everything
+    first_half = {"occurred_after": "2023-01-01T00:00:00Z", "occurred_before": "2023-06-01T00:00:00Z"}
+    spring = search(client, key, user, "Which races did Jon run?", max_tokens=500, **first_half)
+    assert "r1" in cited(spring) and "r2" not in cited(spring)
+    r = client.post(f"/v1/users/{user}/search", headers={"Authorization": f"Bearer {key}"},
+                    json={"query": "races", "occurred_after": "2023-06-01T00:00:00+00:00",
+                          "occurred_before": "2023-01-01T00:00:00+00:00"})  # fmt: skip
+    assert r.status_code == 422 and "occurred_after must be earlier" in r.json()["error"]
