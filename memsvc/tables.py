@@ -171,3 +171,18 @@ class IndexChange(Base):
     user_id: Mapped[int] = mapped_column(BigInteger)
     unit_id: Mapped[int | None] = mapped_column(BigInteger)
     op: Mapped[str] = mapped_column(String(16))  # add | remove | drop_user
+
+
+class AuditEntry(Base):
+    """One admin action or erasure: who did what to which target, with counts; kept after the
+    target is gone (so no foreign keys), and never holding memory text or secrets."""
+
+    __tablename__ = "audit_entry"
+    __table_args__ = (Index("ix_audit_entry_tenant_at", "tenant", "at"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = _now()
+    actor: Mapped[str] = mapped_column(String(100))  # "admin" or "key <id> (<prefix>)"
+    action: Mapped[str] = mapped_column(String(64))  # e.g. erase_user, delete_memory, revoke_key
+    tenant: Mapped[str | None] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(500))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import httpx
 from factories import ADMIN_KEY, clean_env, stop_process
+from sqlalchemy import text
+
+from memsvc import store
+from memsvc.db import EmbeddedPostgres, make_engine, make_session_factory
+from memsvc.index import VectorIndex
 
 # The console script `pip install -e .` puts next to the interpreter: the entry point users run.
 MEMSVC = str(Path(sys.executable).parent / "memsvc")
@@ -119,3 +124,28 @@ def stop_postgres_under(directory: Path) -> None:
             if not Path(f"/proc/{pid}").exists():
                 break
             time.sleep(0.1)
+
+
+def socket_url(pg_dir: Path) -> str:
+    """The URL of an embedded PostgreSQL whose data (and socket) directory is pg_dir."""
+    return f"postgresql://postgres@/postgres?host={pg_dir}"
+
+
+def index_matches_postgres(data_dir: Path) -> dict[int, int]:
+    """The index files a stopped `serve` left under data_dir hold exactly the vectors its embedded
+    PostgreSQL holds (none lost, none twice); returns the vector count per user."""
+    server = EmbeddedPostgres(data_dir)
+    engine = make_engine(server.url, pool_size=1)
+    try:
+        with make_session_factory(engine)() as session:
+            model, blob = session.execute(
+                text("SELECT embed_model, vector FROM memory_unit WHERE vector IS NOT NULL LIMIT 1")
+            ).first() or ("", b"")
+            index = VectorIndex(model, len(store.from_blob(blob)), data_dir / "index")
+            assert index.load(), "the index files could not be loaded"
+            counts = store.vector_counts(session, model)
+            assert index.counts() == counts
+            return counts
+    finally:
+        engine.dispose()
+        server.stop()

@@ -21,17 +21,7 @@ from factories import (
     unique,
     wait_for_job,
 )
-from processes import Serve, postgres_running_under
-from sqlalchemy import text
-
-from memsvc import store
-from memsvc.db import EmbeddedPostgres, make_engine, make_session_factory
-from memsvc.index import VectorIndex
-
-
-def embedded_url(data_dir: os.PathLike[str]) -> str:
-    """The socket URL of the embedded PostgreSQL `serve` runs under data_dir (while it runs)."""
-    return f"postgresql://postgres@/postgres?host={data_dir}/pg"
+from processes import Serve, index_matches_postgres, postgres_running_under, socket_url
 
 
 @pytest.mark.slow
@@ -105,7 +95,7 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(serves: list[Serve
         for m in (batch[0], batch[151], batch[299]):
             assert m["id"] in cited(search(http, key, user, m["content"], limit=10)), m
 
-    with psycopg.connect(embedded_url(data_dir)) as conn:
+    with psycopg.connect(socket_url(data_dir / "pg")) as conn:
         (uid,) = conn.execute("SELECT id FROM end_user WHERE external_id = %s", (user,)).fetchone() or ()
         assert conn.execute("SELECT count(*) FROM message WHERE user_id = %s", (uid,)).fetchone() == (300,)
         per_message = conn.execute(
@@ -117,21 +107,7 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(serves: list[Serve
 
     # Stopped cleanly, the index files hold exactly the vectors Postgres holds: none lost, none twice.
     assert serve.terminate() == 0, serve.tail()
-    server = EmbeddedPostgres(data_dir)
-    engine = make_engine(server.url, pool_size=1)
-    try:
-        with make_session_factory(engine)() as session:
-            model, blob = session.execute(
-                text("SELECT embed_model, vector FROM memory_unit WHERE user_id = :u AND kind = 'message'"),
-                {"u": uid},
-            ).first() or ("", b"")
-            index = VectorIndex(model, len(store.from_blob(blob)), data_dir / "index")
-            assert index.load()
-            assert index.counts() == store.vector_counts(session, model)
-            assert index.count(uid) >= 300
-    finally:
-        engine.dispose()
-        server.stop()
+    assert index_matches_postgres(data_dir)[uid] >= 300
 
 
 def test_two_api_processes_and_one_worker_share_one_database(
