@@ -5,7 +5,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -17,6 +17,7 @@ from memsvc.graph import MemoryGraph
 from memsvc.index import VectorIndex
 from memsvc.lexical import Bm25, rrf_scores
 from memsvc.tables import MemoryUnit
+from memsvc.temporal import Period, query_periods
 from memsvc.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ class RecallOptions:
     # but they are long and cite no more than three messages.
     graph_kinds: frozenset[str] = frozenset({"edu", "note"})
     spread_sources: bool = True  # packing: hits citing only already-cited messages go last
+    # A query that names a time ("in July 2023", "last summer" asked on a given day) lifts memory
+    # of what happened then by this factor: a preference, not a filter, as dates can be off.
+    time_boost: float = 0.5
 
 
 T = TypeVar("T")
@@ -183,9 +187,11 @@ def search(
     mode: str,
     as_of: datetime | None = None,
     occurred: tuple[datetime | None, datetime | None] = (None, None),
+    asked_on: date | None = None,
     options: RecallOptions = RecallOptions(),
 ) -> SearchResult:
     refresh_index(session, index)
+    query, periods = query_periods(query, asked_on)
     query_vector = embedder.encode([query])[0]
     dense = index.search(user_id, query_vector, k=options.depth * 2)
     rankings = [[uid for uid, _ in dense]]
@@ -210,6 +216,10 @@ def search(
         units.update(store.units_by_ids(session, user_id, [u for u in associated if u not in units]))
         associated = [uid for uid in associated if usable(uid)]
         scores = rrf_scores([*rankings, associated], weights=[1.0] * len(rankings) + [options.graph_weight])
+    if periods and options.time_boost:
+        scores = {
+            uid: s * (1 + options.time_boost * _in_periods(units[uid], periods)) for uid, s in scores.items()
+        }
     # Feedback (RMM): units agents used rank a little higher, ones they passed over a little lower.
     scores = {uid: s * (1 + SALIENCE_WEIGHT * math.tanh(units[uid].salience)) for uid, s in scores.items()}
     ranked = sorted(scores, key=lambda uid: -scores[uid])
@@ -264,6 +274,11 @@ def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:
     if unit.occurred_at is not None and unit.kind != "note" and unit.occurred_at > as_of:
         return False
     return unit.valid_to is None or unit.valid_to > as_of
+
+
+def _in_periods(unit: MemoryUnit, periods: list[Period]) -> bool:
+    day = unit.occurred_at.date() if unit.occurred_at else None
+    return day is not None and any(p.start <= day < p.until for p in periods)
 
 
 def _in_range(unit: MemoryUnit, after: datetime | None, before: datetime | None) -> bool:

@@ -46,6 +46,15 @@ class TimeCue:
     cue: str  # as written
     label: str  # what is inserted after the cue, e.g. "7 May 2023"
     day: date  # first day of the period the cue names
+    until: date  # the day after its last day
+
+
+@dataclass(frozen=True)
+class Period:
+    """A span of days a query asks about: [start, until)."""
+
+    start: date
+    until: date
 
 
 def _add_months(day: date, months: int) -> date:
@@ -68,7 +77,30 @@ def _season_label(start: date, name: str) -> str:
     return f"{name.lower()} {start.year}"
 
 
-def _resolve(match: re.Match[str], today: date) -> tuple[str, date] | None:
+def _resolve(match: re.Match[str], today: date) -> tuple[str, date, date] | None:
+    """The label of the period the cue names, its first day, and the day after its last."""
+    label, start = _resolve_start(match, today)
+    text = match.group(0).lower()
+    if match.group("unit"):
+        unit = match.group("unit").lower()
+    else:
+        unit = next((w for w in ("weekend", "week", "month", "year") if w in text), "day")
+        if any(season in text for season in _SEASONS):
+            unit = "season"
+    if unit == "day":
+        until = start + timedelta(days=1)
+    elif unit in ("week", "weekend"):
+        until = start + timedelta(days=7 if unit == "week" else 2)
+    elif unit == "month":
+        until = _add_months(start, 1)
+    elif unit == "season":
+        until = _add_months(start, 3)
+    else:
+        until = date(start.year + 1, 1, 1)
+    return label, start, until
+
+
+def _resolve_start(match: re.Match[str], today: date) -> tuple[str, date]:
     if fixed := match.group("fixed"):
         offset = {"the day before yesterday": -2, "yesterday": -1, "last night": -1, "tomorrow": 1}
         day = today + timedelta(days=offset.get(fixed.lower(), 0))
@@ -124,7 +156,7 @@ def find_time_cues(text: str, today: date) -> list[TimeCue]:
     for match in _CUE.finditer(text):
         resolved = _resolve(match, today)
         if resolved is not None:
-            cues.append(TimeCue(match.start(), match.end(), match.group(0), resolved[0], resolved[1]))
+            cues.append(TimeCue(match.start(), match.end(), match.group(0), *resolved))
     return cues
 
 
@@ -138,3 +170,52 @@ def date_time_cues(text: str, today: date) -> tuple[str, list[TimeCue]]:
         pos = cue.end
     out.append(text[pos:])
     return "".join(out), cues
+
+
+# --- periods a query names ------------------------------------------------------------------------
+_MONTHS = [date(2024, m, 1).strftime("%B") for m in range(1, 13)]
+_MONTH = r"(?P<month>" + "|".join(_MONTHS) + r")"
+_EXPLICIT = re.compile(
+    r"\b(?:" + _MONTH + r"\s+(?P<md>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<mdy>\d{4})"  # October 13, 2023
+    r"|(?P<dm>\d{1,2})(?:st|nd|rd|th)?\s+(?P<dmonth>"
+    + "|".join(_MONTHS)
+    + r"),?\s+(?P<dmy>\d{4})"  # 13 October 2023
+    r"|(?P<mmonth>" + "|".join(_MONTHS) + r")\s+(?P<my>\d{4})"  # July 2023
+    r"|(?:in|during|of|since)\s+(?P<year>(?:19|20)\d\d))\b",  # in 2023
+    re.IGNORECASE,
+)
+
+
+def _month_number(name: str) -> int:
+    return [m.lower() for m in _MONTHS].index(name.lower()) + 1
+
+
+def _explicit_period(match: re.Match[str]) -> Period | None:
+    try:
+        if match.group("month"):
+            day = date(int(match.group("mdy")), _month_number(match.group("month")), int(match.group("md")))
+        elif match.group("dmonth"):
+            day = date(int(match.group("dmy")), _month_number(match.group("dmonth")), int(match.group("dm")))
+        elif match.group("mmonth"):
+            first = date(int(match.group("my")), _month_number(match.group("mmonth")), 1)
+            return Period(first, _add_months(first, 1))
+        else:
+            year = int(match.group("year"))
+            return Period(date(year, 1, 1), date(year + 1, 1, 1))
+    except ValueError:  # "February 30, 2023"
+        return None
+    return Period(day, day + timedelta(days=1))
+
+
+def query_periods(query: str, asked_on: date | None) -> tuple[str, list[Period]]:
+    """The periods a search query asks about, and the query with its relative cues dated.
+
+    Explicit dates ("October 13, 2023", "July 2023", "in 2023") need nothing else; relative ones
+    ("last summer", "two weeks ago") only mean something against the day the question is asked,
+    so they are resolved only when that day is given.
+    """
+    periods = [p for m in _EXPLICIT.finditer(query) if (p := _explicit_period(m)) is not None]
+    if asked_on is None:
+        return query, periods
+    dated, cues = date_time_cues(query, asked_on)
+    return dated, periods + [Period(c.day, c.until) for c in cues]

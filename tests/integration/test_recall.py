@@ -138,3 +138,24 @@ def test_a_time_range_keeps_only_memory_of_what_happened_in_it(client, settings,
                     json={"query": "races", "occurred_after": "2023-06-01T00:00:00+00:00",
                           "occurred_before": "2023-01-01T00:00:00+00:00"})  # fmt: skip
     assert r.status_code == 422 and "occurred_after must be earlier" in r.json()["error"]
+
+
+def test_relative_time_in_the_query_is_resolved_against_when_it_is_asked(client, settings, database_url):
+    key, user = _story(client, settings, database_url, [
+        ("h1", "I went hiking in the Alps with my sister.", "2022-07-20T10:00:00+00:00"),
+        ("h2", "I went hiking in the Scottish Highlands with my sister.", "2023-07-18T10:00:00+00:00"),
+        ("h3", "I went hiking in the Dolomites with my sister.", "2024-07-16T10:00:00+00:00"),
+    ])  # fmt: skip
+    question = "Where did Jon go hiking with his sister last summer?"
+
+    def best(asked_at: str) -> str:
+        hits = search(client, key, user, question, mode="fast", asked_at=asked_at, max_tokens=2000)
+        return [h for h in hits if h["kind"] == "edu"][0]["source_message_ids"][0]
+
+    # The same question means a different summer depending on when it is asked.
+    assert best("2023-11-02T09:00:00+00:00") == "h2"
+    assert best("2024-10-02T09:00:00+00:00") == "h3"
+    assert best("2022-12-24T09:00:00+00:00") == "h1"
+    # An explicit date needs no question date.
+    hits = search(client, key, user, "Where did Jon go hiking in July 2022?", mode="fast")
+    assert [h for h in hits if h["kind"] == "edu"][0]["source_message_ids"] == ["h1"]

@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from memsvc.extract import Edu, RulesExtractor, Turn, split_sentences
-from memsvc.temporal import find_time_cues
+from memsvc.temporal import find_time_cues, query_periods
 
 MONDAY = datetime(2023, 5, 8, 14, 30, tzinfo=UTC)  # 8 May 2023 was a Monday
 PEOPLE = ["Priya", "Jonathan"]
@@ -141,3 +141,24 @@ def test_sentence_splitting_keeps_abbreviations() -> None:
 
 def test_deterministic() -> None:
     assert extract() == extract()
+
+
+@pytest.mark.parametrize(
+    ("query", "asked", "periods"),
+    [
+        ("What did Mel paint in July 2023?", None, [(date(2023, 7, 1), date(2023, 8, 1))]),
+        ("What did she show on October 13, 2023?", None, [(date(2023, 10, 13), date(2023, 10, 14))]),
+        ("What did Gina find on 1 February, 2023?", None, [(date(2023, 2, 1), date(2023, 2, 2))]),
+        ("How often at the beach in 2023?", None, [(date(2023, 1, 1), date(2024, 1, 1))]),
+        ("What about February 30, 2023?", None, []),
+        ("Where did I hike last summer?", None, []),  # relative: nothing without the question's day
+        ("Where did I hike last summer?", date(2023, 11, 15), [(date(2023, 6, 1), date(2023, 9, 1))]),
+        ("What did I do last weekend?", date(2023, 11, 15), [(date(2023, 11, 11), date(2023, 11, 13))]),
+        ("What did I do two weeks ago?", date(2023, 11, 15), [(date(2023, 10, 30), date(2023, 11, 6))]),
+        ("Who called yesterday?", date(2023, 3, 1), [(date(2023, 2, 28), date(2023, 3, 1))]),
+    ],
+)
+def test_query_periods(query: str, asked: date | None, periods: list[tuple[date, date]]) -> None:
+    dated, found = query_periods(query, asked)
+    assert [(p.start, p.until) for p in found] == periods
+    assert (dated != query) == (asked is not None and bool(periods))  # relative cues get their date
