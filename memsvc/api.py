@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from memsvc import recall, store
+from memsvc import audit, recall, store
 from memsvc.db import transaction
-from memsvc.errors import Forbidden, Invalid, NotFound, Unauthorized
+from memsvc.errors import Forbidden, Invalid, NotFound, RateLimited, Unauthorized
 from memsvc.jobs import enqueue_build
 from memsvc.schemas import (
     FeedbackOut,
@@ -40,9 +40,16 @@ class Caller:
     tenant: str | None
     key_id: int | None
 
+    key_prefix: str | None = None
+
     @property
     def is_admin(self) -> bool:
         return self.tenant_id is None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names the caller (never the secret)."""
+        return "admin" if self.is_admin else f"key {self.key_id} ({self.key_prefix})"
 
 
 def get_state(request: Request) -> AppState:
@@ -67,7 +74,16 @@ def get_caller(
     if found is None:
         raise Unauthorized("unknown or revoked key")
     key, tenant = found
-    return Caller(tenant_id=tenant.id, tenant=tenant.name, key_id=key.id)
+    # Counted only once authenticated, so a stranger cannot use up a tenant's allowance. The admin
+    # key is not limited: it is the operator's own, and must work while a tenant floods the API.
+    wait_s = state.limiter.take(f"key-{key.id}")
+    if wait_s > 0:
+        raise RateLimited(
+            f"rate limit of {state.limiter.per_s:g} requests/s (burst {state.limiter.burst}) "
+            f"exceeded for key {key.prefix}; retry after {wait_s:.2f} s",
+            wait_s,
+        )
+    return Caller(tenant_id=tenant.id, tenant=tenant.name, key_id=key.id, key_prefix=key.prefix)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -196,6 +212,7 @@ def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep
             mode=body.mode,
             as_of=body.as_of,
             occurred=(body.occurred_after, body.occurred_before),
+            asked_on=body.asked_at.date() if body.asked_at else None,
         )
     return SearchResponse(
         hits=[
@@ -204,7 +221,7 @@ def search(user_id: str, body: SearchRequest, state: StateDep, caller: CallerDep
                 kind=h.unit.kind,  # type: ignore[arg-type]  # recall returns only hit kinds
                 text=h.unit.text,
                 score=round(h.score, 6),
-                session_id=h.session_external_id,
+                session_id=h.unit.session_external_id,
                 source_message_ids=list(h.unit.source_message_ids),
                 occurred_at=h.unit.occurred_at,
                 tokens=h.tokens,
@@ -256,6 +273,9 @@ def erase_user(user_id: str, state: StateDep, caller: CallerDep) -> Response:
         if user is None:
             raise NotFound(f"user {user_id!r} not found")
         counts = store.erase_user(session, user)
+        audit.record(
+            session, caller.actor, "erase_user", f"user {user_id}", tenant=caller.tenant, counts=counts
+        )
     with state.factory() as session:
         recall.refresh_index(session, state.index)
     state.index.save()  # so no file under the data dir keeps the user's vectors either

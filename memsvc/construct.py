@@ -80,7 +80,7 @@ def message_unit(msg: Message, user_id: int) -> store.NewUnit:
     )
 
 
-def edu_unit(edu: Edu, user_id: int, session_id: int) -> store.NewUnit:
+def edu_unit(edu: Edu, user_id: int, session_id: int, extractor: str) -> store.NewUnit:
     return _unit(
         user_id,
         session_id,
@@ -92,6 +92,7 @@ def edu_unit(edu: Edu, user_id: int, session_id: int) -> store.NewUnit:
         speakers=list(edu.speakers),
         time_cue=edu.time_cue,
         entities=list(edu.entities),
+        extractor=extractor,  # which path made it: "llm", or "rules" (the default or a fallback)
     )
 
 
@@ -138,20 +139,29 @@ def note_unit(note: NoteCandidate, user_id: int, session_id: int) -> store.NewUn
     )
 
 
-def embed_units(session: Session, embedder: Embedder, user_id: int, units: list[store.NewUnit]) -> int:
-    """Fill in vectors, reusing any this user already has for the same text; returns texts encoded."""
-    known = store.vectors_by_hash(session, user_id, embedder.model_name, [u.content_hash for u in units])
-    missing: dict[str, str] = {}
-    for unit in units:
-        if unit.content_hash not in known:
-            missing.setdefault(unit.content_hash, unit.text)
+def vectors_for(
+    session: Session, embedder: Embedder, user_id: int, texts: dict[str, str]
+) -> tuple[dict[str, bytes], int]:
+    """Vectors by content hash for `texts` (hash -> text), reusing any this user already has for
+    the embedder's model; and how many texts were encoded."""
+    known = store.vectors_by_hash(session, user_id, embedder.model_name, list(texts))
+    missing = {h: t for h, t in texts.items() if h not in known}
     if missing:
         vectors = embedder.encode(list(missing.values()))
         known.update({h: store.to_blob(v) for h, v in zip(missing, vectors, strict=True)})
+    return known, len(missing)
+
+
+def embed_units(session: Session, embedder: Embedder, user_id: int, units: list[store.NewUnit]) -> int:
+    """Fill in vectors, reusing any this user already has for the same text; returns texts encoded."""
+    texts: dict[str, str] = {}
+    for unit in units:
+        texts.setdefault(unit.content_hash, unit.text)
+    known, encoded = vectors_for(session, embedder, user_id, texts)
     for unit in units:
         unit.vector = known[unit.content_hash]
         unit.embed_model = embedder.model_name
-    return len(missing)
+    return encoded
 
 
 class EntityResolver:
@@ -217,7 +227,7 @@ def build_job(
         all_messages = store.session_messages(session, session_id)
         entities = store.user_units(session, user_id, ["entity"])
         old_episodes = store.user_units(session, user_id, ["episode"], session_id)
-        notes = [n for n in store.user_units(session, user_id, ["note"]) if n.valid_to is None]
+        notes = store.user_units(session, user_id, ["note"])
 
     participants = list(dict.fromkeys(m.speaker for m in all_messages))
     edus = extractor.extract([_turn(m) for m in new_messages], participants)
@@ -225,7 +235,7 @@ def build_job(
     extractor_used = "rules" if getattr(extractor, "last_fallback_reason", None) else extractor.name
 
     message_units = [message_unit(m, user_id) for m in all_messages]
-    edu_units = [edu_unit(e, user_id, session_id) for e in edus]
+    edu_units = [edu_unit(e, user_id, session_id, extractor_used) for e in edus]
     candidates = distill_notes(edus)
     new_note_units = [note_unit(n, user_id, session_id) for n in candidates]
     resolver = EntityResolver(entities)
@@ -280,14 +290,20 @@ def build_job(
 
 
 def reconsolidate(
-    session: Session, user_id: int, active: list[MemoryUnit], candidates: list[NoteCandidate],
+    session: Session, user_id: int, notes: list[MemoryUnit], candidates: list[NoteCandidate],
     units: list[store.NewUnit],
 ) -> dict[str, int]:  # fmt: skip
     """Insert new notes; a repeated fact strengthens its note; a conflicting one closes the old note
     (valid_to, superseded_by) without deleting it. Returns note key -> id."""
+    active = [n for n in notes if n.valid_to is None]
+    closed_keys = {n.unit_key for n in notes if n.valid_to is not None}
     by_key = {n.unit_key: n for n in active}
     ids: dict[str, int] = {}
     for candidate, unit in zip(candidates, units, strict=True):
+        if unit.unit_key in closed_keys:
+            # A fact that held once, stopped, and holds again (moved back to Boston): a new version
+            # beside the closed one, keyed by the message that restates it so a rerun finds it again.
+            unit.unit_key = f"{unit.unit_key}@{unit.source_message_ids[0]}"[:200]
         existing = by_key.get(unit.unit_key)
         if existing is not None:
             support = int(existing.attrs.get("support", 1)) + 1

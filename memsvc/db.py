@@ -31,8 +31,11 @@ def libpq_url(url: str) -> str:
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     # pool_pre_ping lets every process ride out a database restart: a dead connection is replaced
-    # on checkout instead of failing the request that drew it.
-    return create_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    # on checkout instead of failing the request that drew it. hide_parameters keeps message text
+    # and key hashes out of the error messages that reach the logs.
+    return create_engine(
+        sqlalchemy_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -2,6 +2,8 @@
 
 import hashlib
 import logging
+import os
+import sys
 from pathlib import Path
 from threading import Lock
 
@@ -29,6 +31,18 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def quiet_hub() -> None:
+    """Hugging Face libraries send no usage data from this process, and draw no progress bars in
+    a service's log. They read these variables once, at import, so this runs before
+    sentence-transformers is imported (and corrects the flag if huggingface_hub came in earlier)."""
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # noqa: B010  # mypy sees a bare ModuleType
+
+
 def pick_device(wanted: str) -> str:
     if wanted != "auto":
         return wanted
@@ -47,6 +61,7 @@ class Embedder:
         batch_size: int | None = None,
         threads: int = 1,
     ) -> None:
+        quiet_hub()
         import torch
         from sentence_transformers import SentenceTransformer
 

@@ -27,3 +27,11 @@ class Forbidden(MemsvcError):
 
 class Unavailable(MemsvcError):
     pass
+
+
+class RateLimited(MemsvcError):
+    """Too many requests for one key; the client may try again after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -170,6 +170,8 @@ class VectorIndex:
                 index = self._users[user_id] = _new_flat(self.dim)
             index.add_with_ids(vectors, ids)
             self._dirty.add(user_id)
+            # Back after a clear (a rebuild): save must write this user's file, not delete it.
+            self._dropped.discard(user_id)
 
     def _needs_ivf(self, index: faiss.Index | None, total: int) -> bool:
         """A new IVF index is due: flat (or none) past the threshold, or IVF outgrown 4x."""

@@ -7,9 +7,10 @@ import socket
 from dataclasses import dataclass
 
 import procrastinate
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from memsvc import construct, store
+from memsvc import construct, logs, reembed, store
 from memsvc.db import libpq_url, make_engine, make_session_factory, transaction
 from memsvc.embed import Embedder, get_embedder
 from memsvc.extract import Extractor, make_extractor
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 QUEUE = "memory"
 BUILD_TASK = "build_memory"
+REEMBED_TASK = "reembed_tenant"
 # A worker that has not updated its heartbeat for this long is presumed dead (killed, crashed,
 # lost its machine) and its running jobs are put back in the queue.
 HEARTBEAT_S = 2.0
@@ -37,6 +39,7 @@ class WorkerResources:
     embedder: Embedder
     extractor: Extractor
     max_attempts: int
+    settings: Settings
 
 
 _resources: WorkerResources | None = None
@@ -48,6 +51,7 @@ def register_tasks(app: procrastinate.App, max_attempts: int) -> None:
     @app.task(name=BUILD_TASK, queue=QUEUE, retry=retry, pass_context=True)
     def build_memory(context: procrastinate.JobContext, job_id: str) -> None:
         assert _resources is not None, "worker resources are built before jobs run"
+        token = logs.job_id.set(job_id)  # every line logged while this job runs names it
         try:
             construct.build_job(_resources.factory, _resources.embedder, _resources.extractor, job_id)
         except Exception as exc:
@@ -61,6 +65,44 @@ def register_tasks(app: procrastinate.App, max_attempts: int) -> None:
                     session, job_id, "failed" if final else "queued", f"{type(exc).__name__}: {exc}"
                 )
             raise
+        finally:
+            logs.job_id.reset(token)
+
+    @app.task(name=REEMBED_TASK, queue=QUEUE, retry=retry)
+    def reembed_tenant(tenant_id: int, model: str, batch_size: int) -> None:
+        """Give every unit of the tenant a vector of `model`; a rerun continues where one stopped."""
+        assert _resources is not None, "worker resources are built before jobs run"
+        s = _resources.settings
+        embedder = get_embedder(model, s.embed_device, s.embed_batch_size, s.embed_threads)
+        batches = reembed.run(_resources.factory, embedder, tenant_id, batch_size)
+        log.info("re-embed of tenant %d to %s finished: %d batches", tenant_id, model, batches)
+
+
+def enqueue_reembed(
+    app: procrastinate.App, session: Session, tenant_id: int, model: str, batch_size: int
+) -> int:
+    """Defer a tenant's re-embed in the caller's transaction; returns the queue's job id.
+
+    The per-tenant lock runs one re-embed of a tenant at a time (a second waits for the first).
+    """
+    connection = session.connection().connection.driver_connection
+    return app.configure_task(
+        REEMBED_TASK, lock=reembed_lock(tenant_id), queue=QUEUE, connection=connection
+    ).defer(tenant_id=tenant_id, model=model, batch_size=batch_size)
+
+
+def reembed_lock(tenant_id: int) -> str:
+    return f"reembed-tenant-{tenant_id}"
+
+
+def latest_reembed(session: Session, tenant_id: int) -> tuple[int, str] | None:
+    """(id, status) of the tenant's newest re-embed job the queue still holds (it deletes finished
+    ones), read from procrastinate's table in the caller's session."""
+    row = session.execute(
+        text("SELECT id, status FROM procrastinate_jobs WHERE lock = :lock ORDER BY id DESC LIMIT 1"),
+        {"lock": reembed_lock(tenant_id)},
+    ).first()
+    return (int(row[0]), str(row[1])) if row else None
 
 
 def enqueue_build(app: procrastinate.App, session: Session, job_id: str, user_id: int) -> None:
@@ -124,6 +166,7 @@ def run_worker(settings: Settings, database_url: str, *, burst: bool = False) ->
             llm_tokens_per_minute=settings.llm_tokens_per_minute,
         ),
         max_attempts=settings.job_max_attempts,
+        settings=settings,
     )
     app = make_app(database_url)
     register_tasks(app, settings.job_max_attempts)

@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     llm_max_concurrency: int = Field(default=4, ge=1)
     llm_tokens_per_minute: int = Field(default=200_000, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object per line, with request_id / job_id"
+    )
+    metrics_public: bool = Field(
+        default=False, description="serve /metrics without a key (else the admin key is required)"
+    )
+    rate_limit_per_s: float = Field(
+        default=50.0, ge=0, description="requests a second per tenant key, per API process; 0: no limit"
+    )
+    rate_limit_burst: int = Field(default=100, ge=1, description="requests a key may make at once")
 
     @field_validator("database_url")
     @classmethod

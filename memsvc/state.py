@@ -14,6 +14,7 @@ from memsvc.db import make_engine, make_session_factory
 from memsvc.embed import Embedder, get_embedder
 from memsvc.index import VectorIndex
 from memsvc.jobs import make_app
+from memsvc.ratelimit import RateLimiter
 from memsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,12 @@ class AppState:
     embedder: Embedder
     index: VectorIndex
     queue: procrastinate.App
+    limiter: RateLimiter = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
     _syncer: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
 
     @classmethod
     def open(cls, settings: Settings, database_url: str) -> "AppState":

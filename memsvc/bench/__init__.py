@@ -18,6 +18,12 @@ def _scale(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _load(args: argparse.Namespace) -> int:
+    from memsvc.bench.load import run
+
+    return run(args)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's own generic
     """Adds the bench subcommands to the `bench` group; each sets `func(args) -> exit code`."""
     p = subparsers.add_parser(
@@ -54,3 +60,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="units per run stored through store.insert_units (timed); the rest by COPY")
     p.add_argument("--max-minutes", type=float, default=25.0, help="start no new run after this long")
     p.set_defaults(func=_scale)
+
+    p = subparsers.add_parser(
+        "load",
+        help="concurrent clients mixing ingest and search: zero 5xx, zero lost messages, latency per route",
+        description="Runs --clients concurrent clients for --duration seconds, each with its own user, "
+        "mixing ingest (small batches, unique ids, some repeats to exercise dedup, some wait=true) and "
+        "search; then waits for every build job and checks each acknowledged message is stored once "
+        "and built. Without --url it starts (and removes) its own memsvc serve. Exit 1 if any check fails.",
+    )
+    p.add_argument("--url", help="a running deployment's base URL (default: start a local one)")
+    p.add_argument("--key", help="tenant key for --url (all clients share it, and its rate limit)")
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--json", required=True, help="the report; a local server's log goes beside it")
+    p.add_argument("--ingest-share", type=float, default=0.3, help="share of requests that ingest")
+    p.add_argument("--wait-share", type=float, default=0.1, help="share of new ingests sent with wait=true")
+    p.add_argument("--retry-share", type=float, default=0.15, help="share of ingests repeating a sent batch")
+    p.add_argument("--batch-max", type=int, default=3, help="most messages in one ingest")
+    p.add_argument("--drain-timeout", type=float, default=900.0, help="longest wait for the build jobs after")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_load)

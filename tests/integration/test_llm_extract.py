@@ -7,12 +7,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
 
 from memsvc.extract import RulesExtractor, Turn, make_extractor
 from memsvc.llm import LlmExtractor, TokenBudget
 
 # tests/ is not a package and pyproject sets no pythonpath: make the shared fake importable either way.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from factories import (  # noqa: E402
+    cited,
+    drain,
+    ingest,
+    job_status,
+    make_settings,
+    make_tenant_key,
+    message,
+    search,
+    unique,
+    user_row_id,
+)
 from fake_llm import Reply, edus_reply, fake_llm  # noqa: E402
 
 SAID = datetime(2023, 6, 12, 15, 0, tzinfo=UTC)
@@ -81,8 +95,12 @@ def test_valid_answer_is_parsed_and_attributed() -> None:
     [
         (Reply(content='{"edus": [{"edu_text": "Nadia adopted'), "invalid JSON"),
         (Reply(content='{"edus": [{"text": "Nadia adopted a dog", "turns": [1]}]}'), "schema"),
-        (Reply(content='{"edus": [{"edu_text": "x", "source_turn_ids": ["s3:1"], "occurred_on": "June"}]}'),
-         "schema"),
+        (
+            Reply(
+                content='{"edus": [{"edu_text": "x", "source_turn_ids": ["s3:1"], "occurred_on": "June"}]}'
+            ),
+            "schema",
+        ),
         (Reply(content='{"edus": []}'), "no usable EDU"),
         (Reply(status=400), "HTTP 400"),
     ],
@@ -160,3 +178,33 @@ def test_make_extractor() -> None:
         make_extractor("llm")
     with pytest.raises(ValueError, match="unknown extractor"):
         make_extractor("spacy")
+
+
+def test_ingest_completes_on_the_offline_path_when_the_llm_fails(
+    client: TestClient, database_url: str, engine: Engine
+) -> None:
+    key, user = make_tenant_key(client), unique("u")
+    turns = [
+        message(t.message_id, t.content, speaker=t.speaker, created_at=t.created_at.isoformat())
+        for t in TURNS
+    ]
+    job_id = ingest(client, key, user, "s3", turns)["job_id"]
+    with fake_llm(Reply(status=500)) as llm:
+        settings = make_settings(
+            database_url, extractor="llm", llm_base_url=llm.base_url, llm_model="m", llm_timeout_s=2.0
+        )
+        drain(settings, database_url)
+    assert llm.requests, "the worker did try the LLM"
+    assert job_status(client, key, job_id)["status"] == "done"
+    with engine.connect() as conn:
+        uid = user_row_id(conn, key, user)
+        edus = (
+            conn.execute(
+                text("SELECT attrs->>'extractor' FROM memory_unit WHERE user_id = :u AND kind = 'edu'"),
+                {"u": uid},
+            )
+            .scalars()
+            .all()
+        )
+    assert edus and set(edus) == {"rules"}, edus
+    assert "s3:1" in cited(search(client, key, user, "What is the name of Nadia's greyhound?"))
