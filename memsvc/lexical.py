@@ -5,16 +5,20 @@ from collections.abc import Sequence
 
 import bm25s
 import numpy as np
+import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
 RRF_K = 60
 _TOKEN_RE = re.compile(r"\b\w\w+\b")
 _STOPWORDS = frozenset(STOPWORDS_EN)
+# Snowball's English stemmer: "researching" finds "research", "painted" finds "painting".
+_STEMMER = Stemmer.Stemmer("english")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercased words of two or more characters, English stopwords out (bm25s's own default rule)."""
-    return [w for w in _TOKEN_RE.findall(text.lower()) if w not in _STOPWORDS]
+    """Stems of the lowercased words of two or more characters, English stopwords out (bm25s's own
+    default rule)."""
+    return list(_STEMMER.stemWords([w for w in _TOKEN_RE.findall(text.lower()) if w not in _STOPWORDS]))
 
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[int]:

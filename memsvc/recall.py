@@ -16,7 +16,7 @@ from memsvc.embed import Embedder
 from memsvc.graph import MemoryGraph
 from memsvc.index import VectorIndex
 from memsvc.lexical import Bm25, rrf_scores
-from memsvc.tables import MemoryUnit
+from memsvc.store import Candidate
 from memsvc.temporal import Period, query_periods
 from memsvc.tokens import count_tokens
 
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 def refresh_index(session: Session, index: VectorIndex) -> int:
     """Apply every change committed since the index's sequence number; returns how many."""
+    # Connection first, lock second, as every caller's order: a thread holding the lock while it
+    # waited for a pooled connection deadlocked with request threads holding connections while they
+    # waited for the lock (30 s stalls and 500s under load, until the pool's timeout broke it).
+    session.connection()
     with index.refresh_lock:
         return _apply_changes(session, index)
 
@@ -102,9 +106,8 @@ CITED_SOURCES = 3
 
 @dataclass(frozen=True)
 class Hit:
-    unit: MemoryUnit
+    unit: Candidate
     score: float
-    session_external_id: str | None
     tokens: int
 
 
@@ -223,13 +226,7 @@ def search(
     # Feedback (RMM): units agents used rank a little higher, ones they passed over a little lower.
     scores = {uid: s * (1 + SALIENCE_WEIGHT * math.tanh(units[uid].salience)) for uid, s in scores.items()}
     ranked = sorted(scores, key=lambda uid: -scores[uid])
-    sessions = store.session_external_ids(
-        session, [units[uid].session_id or 0 for uid in ranked if units[uid].session_id]
-    )
-    candidates = [
-        Hit(units[uid], scores[uid], sessions.get(units[uid].session_id or 0), count_tokens(units[uid].text))
-        for uid in ranked
-    ]
+    candidates = [Hit(units[uid], scores[uid], count_tokens(units[uid].text)) for uid in ranked]
     hits = pack(candidates, max_tokens=max_tokens, limit=limit, spread_sources=options.spread_sources)
     context = render_context(hits)
     return SearchResult(hits=hits, context=context, context_tokens=count_tokens(context) if hits else 0)
@@ -266,7 +263,7 @@ def record_feedback(session: Session, user_id: int, used: list[int], unused: lis
     return store.add_salience(session, user_id, deltas, SALIENCE_BOUND)
 
 
-def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:
+def _valid_at(unit: Candidate, as_of: datetime | None) -> bool:
     if as_of is None:
         return unit.valid_to is None
     if unit.valid_from is not None and unit.valid_from > as_of:
@@ -276,12 +273,12 @@ def _valid_at(unit: MemoryUnit, as_of: datetime | None) -> bool:
     return unit.valid_to is None or unit.valid_to > as_of
 
 
-def _in_periods(unit: MemoryUnit, periods: list[Period]) -> bool:
+def _in_periods(unit: Candidate, periods: list[Period]) -> bool:
     day = unit.occurred_at.date() if unit.occurred_at else None
     return day is not None and any(p.start <= day < p.until for p in periods)
 
 
-def _in_range(unit: MemoryUnit, after: datetime | None, before: datetime | None) -> bool:
+def _in_range(unit: Candidate, after: datetime | None, before: datetime | None) -> bool:
     """Whether the unit's event falls in [after, before); a unit with no date never does."""
     if after is None and before is None:
         return True

@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, text, update
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType
 
 from memsvc.tables import (
     ApiKey,
@@ -334,32 +335,54 @@ def publish_changes(session: Session, user_id: int, op: str, unit_ids: Sequence[
     )
 
 
-def units_by_ids(session: Session, user_id: int, ids: Sequence[int]) -> dict[int, MemoryUnit]:
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What search reads of a memory unit, with its session's external id (no ORM object: building
+    a few hundred of those per search cost more than the query itself)."""
+
+    id: int
+    kind: str
+    text: str
+    source_message_ids: list[str]
+    session_id: int | None
+    session_external_id: str | None
+    occurred_at: datetime | None
+    valid_from: datetime | None
+    valid_to: datetime | None
+    salience: float
+
+
+def units_by_ids(session: Session, user_id: int, ids: Sequence[int]) -> dict[int, Candidate]:
     if not ids:
         return {}
-    # Only what search reads: the vectors (FAISS has them) are most of the bytes, and decoding
-    # attrs (JSONB) for a few hundred candidates cost more than the rest of the query.
-    rows = session.scalars(
-        select(MemoryUnit)
-        .options(
-            load_only(
-                MemoryUnit.kind,
-                MemoryUnit.text,
-                MemoryUnit.source_message_ids,
-                MemoryUnit.session_id,
-                MemoryUnit.occurred_at,
-                MemoryUnit.valid_from,
-                MemoryUnit.valid_to,
-                MemoryUnit.salience,
-            )
+    rows = session.execute(
+        select(
+            MemoryUnit.id,
+            MemoryUnit.kind,
+            MemoryUnit.text,
+            # psycopg already answers text[] as a list; SQLAlchemy's per-item processing is skipped.
+            type_coerce(MemoryUnit.source_message_ids, NullType()),
+            MemoryUnit.session_id,
+            ChatSession.external_id,
+            MemoryUnit.occurred_at,
+            MemoryUnit.valid_from,
+            MemoryUnit.valid_to,
+            MemoryUnit.salience,
         )
+        .outerjoin(ChatSession, ChatSession.id == MemoryUnit.session_id)
         # One array parameter: an IN list of a few hundred binds took longer to build than to run.
         .where(
             MemoryUnit.user_id == user_id,
             MemoryUnit.id == any_(bindparam("ids", list(ids), ARRAY(BigInteger))),
         )
     )
-    return {u.id: u for u in rows}
+    return {
+        r.id: Candidate(
+            r.id, r.kind, r.text, cast(list[str], r[3]), r.session_id, r.external_id,
+            r.occurred_at, r.valid_from, r.valid_to, r.salience,
+        )
+        for r in rows
+    }  # fmt: skip
 
 
 def session_external_ids(session: Session, session_ids: Sequence[int]) -> dict[int, str]:

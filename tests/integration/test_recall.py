@@ -159,3 +159,16 @@ def test_relative_time_in_the_query_is_resolved_against_when_it_is_asked(client,
     # An explicit date needs no question date.
     hits = search(client, key, user, "Where did Jon go hiking in July 2022?", mode="fast")
     assert [h for h in hits if h["kind"] == "edu"][0]["source_message_ids"] == ["h1"]
+
+
+def test_a_fact_that_holds_again_gets_a_new_current_note(client, settings, database_url):
+    key, user = _story(client, settings, database_url, [
+        ("r1", "I live in Boston.", "2023-01-10T10:00:00+00:00"),
+        ("r2", "I live in Seattle.", "2023-06-01T10:00:00+00:00"),
+        ("r3", "I live in Boston.", "2024-02-01T10:00:00+00:00"),
+    ])  # fmt: skip
+    now = _notes(search(client, key, user, "Where does Jon live?", max_tokens=300))
+    assert "Jon lives in Boston." in now and "Jon lives in Seattle." not in now
+    mid = _notes(search(client, key, user, "Where does Jon live?", max_tokens=300,
+                        as_of="2023-09-01T00:00:00+00:00"))  # fmt: skip
+    assert "Jon lives in Seattle." in mid and "Jon lives in Boston." not in mid

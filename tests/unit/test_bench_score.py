@@ -172,10 +172,11 @@ def test_load_selects_conversations_and_rejects_unknown_ones(tmp_path: Path) -> 
 # --- baselines -------------------------------------------------------------------------------------
 
 
-def test_tokenizer_lowercases_and_drops_stopwords_and_single_characters() -> None:
-    assert tokenize("When did Caroline go to the LGBTQ support group? A") == [
-        "when", "did", "caroline", "go", "lgbtq", "support", "group"
+def test_tokenizer_lowercases_stems_and_drops_stopwords_and_single_characters() -> None:
+    assert tokenize("When did Caroline go to the LGBTQ support groups? A") == [
+        "when", "did", "carolin", "go", "lgbtq", "support", "group"
     ]
+    assert tokenize("researching") == tokenize("research") == tokenize("researched")
 
 
 def test_rrf_rewards_units_ranked_well_by_both() -> None:
