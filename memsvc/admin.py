@@ -81,18 +81,7 @@ def list_tenants(state: StateDep, cursor: IdCursor = None, limit: Limit = 100) -
         rows, after = _page(
             inspection.tenants(session, after_id=cursor or 0, limit=limit + 1), limit, lambda t: t.id
         )
-    items = [
-        AdminTenantOut(
-            name=t.name,
-            created_at=t.created_at,
-            users=t.users,
-            keys_active=t.keys_active,
-            keys_revoked=t.keys_revoked,
-            messages=t.messages,
-            units=t.units,
-        )
-        for t in rows
-    ]
+    items = [AdminTenantOut.model_validate(t, from_attributes=True) for t in rows]
     return AdminTenantPage(items=items, next_cursor=after)
 
 
@@ -405,16 +394,5 @@ def list_audit(
     with state.factory() as session:
         found = audit.entries(session, tenant=tenant, before_id=cursor, limit=limit + 1)
     rows, after = _page(found, limit, lambda e: e.id)
-    items = [
-        AdminAuditOut(
-            id=e.id,
-            at=e.at,
-            actor=e.actor,
-            action=e.action,
-            tenant=e.tenant,
-            target=e.target,
-            counts=e.counts,
-        )
-        for e in rows
-    ]
+    items = [AdminAuditOut.model_validate(e, from_attributes=True) for e in rows]
     return AdminAuditPage(items=items, next_cursor=after)

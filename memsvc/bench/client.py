@@ -107,6 +107,11 @@ def http_client(url: str, key: str, timeout_s: float = 600.0) -> httpx.Client:
     )
 
 
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    """A SIGTERM handler that unwinds like Ctrl-C does, so a local server started by a bench stops."""
+    raise SystemExit(128 + signum)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from memsvc.bench.client import BenchError, LocalServer
+from memsvc.bench.client import BenchError, LocalServer, exit_on_sigterm
 
 NAMES = ("Caroline", "Melanie", "Jon", "Gina", "Nate", "Joanna", "Tim", "Audrey")
 PLACES = ("Boston", "the lake", "a pottery class", "the support group", "Paris", "the gym", "the library")
@@ -334,10 +334,6 @@ def target(
                 keep_log.write_bytes(server.log_path.read_bytes())
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.url and not args.key:
         log("--url needs --key (a tenant key of that deployment)")
@@ -352,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         seed=args.seed,
     )
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a plain kill still stops the local server
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # a plain kill still stops the local server
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

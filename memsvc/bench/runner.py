@@ -16,7 +16,7 @@ from typing import Any
 
 from memsvc.bench import report
 from memsvc.bench.baselines import as_hits, rank_conversation
-from memsvc.bench.client import BenchError, LocalServer, MemsvcClient, http_client
+from memsvc.bench.client import BenchError, LocalServer, MemsvcClient, exit_on_sigterm, http_client
 from memsvc.bench.locomo import Conversation, DataError, load
 from memsvc.bench.score import Scored, hits_from_json, recall, summarize
 from memsvc.embed import Embedder, get_embedder
@@ -164,10 +164,6 @@ def target(args: argparse.Namespace, res: Results) -> Iterator[MemsvcClient]:
             res.server_peak_rss_mb = server.peak_rss_mb
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.url and not args.key:
         log("--url needs --key (a tenant key of that deployment)")
@@ -196,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.baselines_only:
         # A plain kill of the bench must still stop its local server and delete the bench users.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
         try:
             with target(args, res) as client:
                 run_memsvc(convs, client, res)
