@@ -7,7 +7,7 @@ from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from memsvc import audit, inspection, memories, recall, reembed, store
+from memsvc import audit, index_health, inspection, memories, recall, reembed, store
 from memsvc.api import Caller, CallerDep, StateDep
 from memsvc.db import transaction
 from memsvc.errors import Forbidden
@@ -229,12 +229,12 @@ def retry_job(job_id: str, state: StateDep, caller: CallerDep) -> AdminJobOut:
 
 
 @router.get("/index", response_model=AdminIndexHealth)
-def index_health(
+def show_index_health(
     state: StateDep, tenant: Annotated[str | None, Query(max_length=200)] = None
 ) -> AdminIndexHealth:
     """This API process's FAISS index against Postgres: per tenant, and per user with ?tenant=."""
     with state.factory() as session:
-        health = inspection.index_health(session, state.index, tenant)
+        health = index_health.index_health(session, state.index, tenant)
     users = None
     if health.users is not None:
         users = [
@@ -280,7 +280,7 @@ def rebuild_index(state: StateDep, caller: CallerDep) -> AdminRebuildOut:
     """Rebuild this API process's FAISS index from Postgres and save it."""
     started = time.monotonic()
     with transaction(state.factory) as session:
-        vectors, users = inspection.rebuild_index(session, state.index)
+        vectors, users = index_health.rebuild_index(session, state.index)
         counts = {"vectors": vectors, "users": users, "seq": state.index.seq}
         audit.record(session, caller.actor, "rebuild_index", f"index {state.index.model}", counts=counts)
     return AdminRebuildOut(
