@@ -256,7 +256,7 @@ def build_job(
     with transaction(factory) as session:
         if store.get_job(session, job_id) is None:
             return None
-        store.delete_units(session, user_id, [e.id for e in old_episodes if e.unit_key not in new_keys])
+        replace_episodes(session, user_id, old_episodes, new_keys)
         before = store.count_units(session, user_id)
         ids = store.insert_units(session, message_units + edu_units + entity_units + episode_units)
         note_ids = reconsolidate(session, user_id, notes, candidates, new_note_units)
@@ -287,6 +287,26 @@ def build_job(
         report.extractor,
     )
     return report
+
+
+def replace_episodes(session: Session, user_id: int, old: list[MemoryUnit], new_keys: set[str]) -> None:
+    """Drop the episodes the new cut no longer makes (a growing session's last one). An agent's
+    correction is never dropped by a rebuild: it stays the current version while the episode it
+    corrected is still cut the same way, and is closed (valid_to now, kept as history) once that
+    episode is re-cut and so replaced by a new one."""
+    predecessor = {e.superseded_by: e for e in old if e.superseded_by}
+
+    def original(unit: MemoryUnit) -> MemoryUnit:
+        while unit.id in predecessor:
+            unit = predecessor[unit.id]
+        return unit
+
+    built = [e for e in old if not e.attrs.get("agent_correction")]
+    store.delete_units(session, user_id, [e.id for e in built if e.unit_key not in new_keys])
+    for unit in old:
+        recut = original(unit).unit_key not in new_keys
+        if unit.attrs.get("agent_correction") and unit.valid_to is None and recut:
+            store.update_unit(session, unit.id, valid_to=datetime.now(UTC))
 
 
 def reconsolidate(

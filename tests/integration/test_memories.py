@@ -578,3 +578,45 @@ def test_a_bad_import_line_is_named_and_nothing_is_written(client, story, engine
 
 def settings_max_body(client: TestClient) -> int:
     return app_state(client).settings.max_body_bytes
+
+
+def test_an_episode_correction_survives_later_builds_of_its_session(client, settings, database_url):
+    key, user = make_tenant_key(client), unique("user")
+    day_one = [("e1", "I adopted a puppy called Biscuit today."), ("e2", "Biscuit chewed my slippers.")]
+    ingest(client, key, user, "s1", [message(i, c, speaker="Jon") for i, c in day_one])
+    drain(settings, database_url)
+    (first,) = listed(client, key, user, kind="episode")
+    fixed = "Episode: Jon adopted a beagle puppy named Biscuit, who chewed his slippers."
+    r = client.patch(f"/v1/users/{user}/memories/{first['id']}", json={"text": fixed}, headers=auth(key))
+    assert r.status_code == 200, r.text
+    correction = r.json()["id"]
+
+    # Days later the session goes on: a time gap closes the first episode, so its cut stays.
+    later = "2023-05-12T09:00:00+00:00"
+    more = [("e3", "I started learning the violin.", later), ("e4", "My teacher is called Ines.", later)]
+    ingest(client, key, user, "s1", [message(i, c, speaker="Jon", created_at=w) for i, c, w in more])
+    drain(settings, database_url)
+    now = {m["id"]: m for m in listed(client, key, user, kind="episode")}
+    assert now[correction]["valid_to"] is None, "the agent's correction is still the current version"
+    assert now[first["id"]]["superseded_by"] == correction
+    assert fixed in [h["text"] for h in search(client, key, user, "What kind of puppy is Biscuit?")]
+
+    # The open episode (the violin one) is re-cut when its session grows: a correction of it is
+    # closed and kept, and the rebuilt episode is current.
+    (violin,) = [m for m in now.values() if "e3" in m["source_message_ids"] and m["valid_to"] is None]
+    text = "Episode: Jon began violin lessons with Ines."
+    r = client.patch(f"/v1/users/{user}/memories/{violin['id']}", json={"text": text}, headers=auth(key))
+    assert r.status_code == 200, r.text
+    ingest(
+        client,
+        key,
+        user,
+        "s1",
+        [message("e5", "Ines says I practise well.", speaker="Jon", created_at=later)],
+    )
+    drain(settings, database_url)
+    after = {m["id"]: m for m in listed(client, key, user, kind="episode")}
+    assert after[r.json()["id"]]["valid_to"] is not None
+    current = [m for m in after.values() if m["valid_to"] is None]
+    assert sorted(m["id"] for m in current if "e1" in m["source_message_ids"]) == [correction]
+    assert any("e5" in m["source_message_ids"] for m in current)
