@@ -1,7 +1,7 @@
 """Alembic environment: runs migrations online against the URL memsvc.db.migrate passes in."""
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from memsvc.tables import Base
 
@@ -15,6 +15,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
+            # Processes that start at once (API replicas, a serve beside a worker) must not both
+            # migrate: the second waits here until the first commits, then finds the schema current.
+            connection.execute(text("SELECT pg_advisory_xact_lock(7264001)"))
             context.run_migrations()
     engine.dispose()
 

@@ -1,14 +1,19 @@
 """The migrations and the ORM models describe the same schema, and the migrations run both ways."""
 
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from factories import database_url_named
 from sqlalchemy import inspect
 
-from memsvc.db import make_engine, migrate, sqlalchemy_url
+from memsvc.db import libpq_url, make_engine, migrate, sqlalchemy_url
 from memsvc.tables import Base
 
 
@@ -59,6 +64,21 @@ def test_migrate_is_idempotent_and_downgrade_removes_everything(new_database: Ca
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_processes_migrating_one_new_database_at_once_all_succeed(pg_server_url: str) -> None:
+    name = f"memsvc_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(libpq_url(pg_server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = database_url_named(pg_server_url, name)
+        code = f"from memsvc.db import migrate; migrate({url!r})"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(3)]
+        errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], errors
+    finally:
+        with psycopg.connect(libpq_url(pg_server_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize("table", sorted(Base.metadata.tables))
