@@ -201,6 +201,15 @@ class VectorIndex:
             self._dirty.clear()
             self.seq = 0
 
+    def replace_with(self, other: "VectorIndex") -> None:
+        """Take over `other`'s vectors and sequence numbers at once (a rebuild made beside this
+        index): a search sees the old index or the new one, never a half-filled one."""
+        with self._lock:
+            self._dropped.update(set(self._users) - set(other._users))
+            self._users = other._users
+            self._dirty = set(other._users)
+            self.seq, self.user_seq = other.seq, dict(other.user_seq)
+
     # --- queries ------------------------------------------------------------------------------
 
     def search(self, user_id: int, query: np.ndarray, k: int) -> list[tuple[int, float]]:

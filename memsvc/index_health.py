@@ -143,7 +143,7 @@ def _user_health(
 def rebuild_index(session: Session, index: VectorIndex) -> tuple[int, int]:
     """Rebuild this process's index from one snapshot of Postgres and save it; (vectors, users).
 
-    Searches meanwhile see an index that is filling up: an admin repair, not a routine step.
+    The new index is built beside the live one (memory for both, meanwhile) and swapped in.
     """
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     with index.refresh_lock:

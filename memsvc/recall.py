@@ -57,8 +57,16 @@ def _apply_changes(session: Session, index: VectorIndex) -> int:
 
 
 def rebuild_index(session: Session, index: VectorIndex) -> None:
-    """Rebuild the whole index from Postgres (the source of truth)."""
-    index.clear()
+    """Rebuild the whole index from Postgres (the source of truth), beside the live one, and swap
+    it in: searches meanwhile use the old index (the caller holds the refresh lock, so no change
+    is applied to the old one that the new one would miss)."""
+    fresh = VectorIndex(index.model, index.dim, None, index.approx_threshold)
+    _fill(session, fresh)
+    index.replace_with(fresh)
+    log.info("index rebuilt from Postgres: %d vectors, seq %d", index.count(), index.seq)
+
+
+def _fill(session: Session, index: VectorIndex) -> None:
     seq = store.last_change_seq(session)
     batch_ids: dict[int, list[int]] = {}
     batch_vecs: dict[int, list[np.ndarray]] = {}
@@ -69,7 +77,6 @@ def rebuild_index(session: Session, index: VectorIndex) -> None:
         index.add(user_id, np.array(ids, dtype=np.int64), np.vstack(batch_vecs[user_id]))
     index.seq = seq
     index.user_seq = dict.fromkeys(batch_ids, seq)
-    log.info("index rebuilt from Postgres: %d vectors, seq %d", index.count(), seq)
 
 
 def open_index(session: Session, index: VectorIndex) -> None:
@@ -83,12 +90,14 @@ def open_index(session: Session, index: VectorIndex) -> None:
         log.warning("index files are ahead of the database (a different or restored database): rebuilding")
         loaded = False
     if not loaded:
+        index.clear()  # nothing searches yet: free what was loaded before building the new one
         rebuild_index(session, index)
         return
     refresh_index(session, index)
     expected = store.vector_counts(session, index.model)
     if expected != index.counts():
         log.warning("index counts differ from Postgres after catch-up: rebuilding")
+        index.clear()
         rebuild_index(session, index)
 
 

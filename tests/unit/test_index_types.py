@@ -100,3 +100,22 @@ def test_ivf_files_reload_with_the_same_answers(
     again.add(7, ids[:1], vectors[:1])  # removal by id still works after a reload
     again.add(7, ids[:1], vectors[:1])
     assert again.count(7) == len(ids)
+
+
+def test_a_rebuilt_index_swapped_in_replaces_the_old_one_on_disk_too(tmp_path: Path) -> None:
+    live = VectorIndex("test-model", DIM, tmp_path, approx_threshold=THRESHOLD)
+    live.add(1, np.array([10, 11]), random_unit(2, seed=3))
+    live.add(2, np.array([20]), random_unit(1, seed=4))
+    live.seq = 5
+    live.save()
+    fresh = VectorIndex("test-model", DIM, None, approx_threshold=THRESHOLD)
+    fresh.add(2, np.array([20, 21]), random_unit(2, seed=5))
+    fresh.add(3, np.array([30]), random_unit(1, seed=6))
+    fresh.seq, fresh.user_seq = 9, {2: 9, 3: 9}
+
+    live.replace_with(fresh)
+    assert live.counts() == {2: 2, 3: 1} and live.seq == 9 and live.user_seq == {2: 9, 3: 9}
+    live.save()
+    again = VectorIndex("test-model", DIM, tmp_path, approx_threshold=THRESHOLD)
+    assert again.load() and again.counts() == {2: 2, 3: 1} and again.seq == 9
+    assert sorted(p.name for p in (tmp_path / "test-model").glob("u*.faiss")) == ["u2.faiss", "u3.faiss"]
