@@ -252,16 +252,17 @@ def feedback(user_id: str, body: FeedbackRequest, state: StateDep, caller: Calle
 def get_user(user_id: str, state: StateDep, caller: CallerDep) -> UserOut:
     """How much memory the user has."""
     with state.factory() as session:
-        stats, kinds = store.user_stats(session, require_user(session, caller, user_id))
-    by_kind = {kind: kinds.get(kind, 0) for kind in store.INDEXED_KINDS}
+        uid = require_user(session, caller, user_id)
+        stats = store.user_stats(session, [uid])[uid]
+    by_kind = {kind: stats.by_kind.get(kind, 0) for kind in store.INDEXED_KINDS}
     return UserOut(
         id=user_id,
-        messages=stats["messages"],
-        sessions=stats["sessions"],
+        messages=stats.messages,
+        sessions=stats.sessions,
         units=sum(by_kind.values()),
         by_kind=by_kind,
-        entities=kinds.get("entity", 0),
-        links=stats["links"],
+        entities=stats.by_kind.get("entity", 0),
+        links=stats.edges,
     )
 
 

@@ -1,11 +1,11 @@
 """What the admin API reads: tenants, users and their statistics, graph neighbourhoods, jobs, keys
 (index_health.py: this process's FAISS index against Postgres)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, or_, select, tuple_, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ScalarSelect, func, or_, select, tuple_, update
+from sqlalchemy.orm import Session
 
 from memsvc import store
 from memsvc.errors import Conflict, Invalid, NotFound
@@ -90,46 +90,22 @@ def users(session: Session, tenant_id: int, *, after_id: int, limit: int) -> lis
 
 
 @dataclass
-class UserStats:
-    messages: int = 0
-    sessions: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
-    edges: int = 0
+class UserStats(store.UserStats):
     vectors: int = 0  # units of any kind with a vector of the serving model
     indexed_vectors: int = 0  # of those, the kinds the FAISS index holds: what it must contain
 
 
 def user_stats(session: Session, user_ids: list[int], model: str) -> dict[int, UserStats]:
-    """Statistics of a page of users in a few grouped queries (store.user_stats is one user's)."""
-    stats = {uid: UserStats() for uid in user_ids}
+    """store.user_stats of a page of users, with their vectors of the serving model."""
+    stats = {uid: UserStats(**vars(s)) for uid, s in store.user_stats(session, user_ids).items()}
     if not user_ids:
         return stats
-
-    def grouped(column: InstrumentedAttribute[int], *where: ColumnElement[bool]) -> dict[int, int]:
-        rows = session.execute(
-            select(column, func.count()).where(column.in_(user_ids), *where).group_by(column)
-        )
-        return {int(uid): int(n) for uid, n in rows}
-
-    for uid, n in grouped(Message.user_id).items():
-        stats[uid].messages = n
-    for uid, n in grouped(ChatSession.user_id).items():
-        stats[uid].sessions = n
-    for uid, n in grouped(UnitLink.user_id).items():
-        stats[uid].edges = n
     with_vector = (MemoryUnit.embed_model == model, MemoryUnit.vector.is_not(None))
-    for uid, n in grouped(MemoryUnit.user_id, *with_vector).items():
+    for uid, n in store.count_by_user(session, MemoryUnit.user_id, user_ids, *with_vector).items():
         stats[uid].vectors = n
     indexed = MemoryUnit.kind.in_(store.INDEXED_KINDS)
-    for uid, n in grouped(MemoryUnit.user_id, *with_vector, indexed).items():
+    for uid, n in store.count_by_user(session, MemoryUnit.user_id, user_ids, *with_vector, indexed).items():
         stats[uid].indexed_vectors = n
-    rows = session.execute(
-        select(MemoryUnit.user_id, MemoryUnit.kind, func.count())
-        .where(MemoryUnit.user_id.in_(user_ids))
-        .group_by(MemoryUnit.user_id, MemoryUnit.kind)
-    )
-    for uid, kind, n in rows:
-        stats[uid].by_kind[kind] = int(n)
     return stats
 
 

@@ -9,9 +9,20 @@ from datetime import datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, text, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    any_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.types import NullType
 
 from memsvc.tables import (
@@ -280,17 +291,43 @@ def user_links(session: Session, user_id: int) -> list[tuple[int, int, str, floa
     return [(s, d, r, w) for s, d, r, w in rows]
 
 
-def user_stats(session: Session, user_id: int) -> tuple[dict[str, int], dict[str, int]]:
-    """How much memory a user has: (messages, sessions, links) and units per kind."""
-    stats = {
-        "messages": int(session.scalar(select(func.count()).where(Message.user_id == user_id)) or 0),
-        "sessions": int(session.scalar(select(func.count()).where(ChatSession.user_id == user_id)) or 0),
-        "links": int(session.scalar(select(func.count()).where(UnitLink.user_id == user_id)) or 0),
-    }
+@dataclass
+class UserStats:
+    """How much memory a user has."""
+
+    messages: int = 0
+    sessions: int = 0
+    edges: int = 0  # unit_link rows
+    by_kind: dict[str, int] = field(default_factory=dict)  # memory units per kind
+
+
+def count_by_user(
+    session: Session, column: InstrumentedAttribute[int], user_ids: Sequence[int], *where: ColumnElement[bool]
+) -> dict[int, int]:
+    """Rows per user of `column`'s table (column: its user_id), for the given users."""
+    rows = session.execute(select(column, func.count()).where(column.in_(user_ids), *where).group_by(column))
+    return {int(uid): int(n) for uid, n in rows}
+
+
+def user_stats(session: Session, user_ids: Sequence[int]) -> dict[int, UserStats]:
+    """Statistics of each of `user_ids` (one user or a page of them) in a few grouped queries."""
+    stats = {uid: UserStats() for uid in user_ids}
+    if not user_ids:
+        return stats
+    for uid, n in count_by_user(session, Message.user_id, user_ids).items():
+        stats[uid].messages = n
+    for uid, n in count_by_user(session, ChatSession.user_id, user_ids).items():
+        stats[uid].sessions = n
+    for uid, n in count_by_user(session, UnitLink.user_id, user_ids).items():
+        stats[uid].edges = n
     rows = session.execute(
-        select(MemoryUnit.kind, func.count()).where(MemoryUnit.user_id == user_id).group_by(MemoryUnit.kind)
+        select(MemoryUnit.user_id, MemoryUnit.kind, func.count())
+        .where(MemoryUnit.user_id.in_(user_ids))
+        .group_by(MemoryUnit.user_id, MemoryUnit.kind)
     )
-    return stats, {kind: int(count) for kind, count in rows}
+    for uid, kind, n in rows:
+        stats[uid].by_kind[kind] = int(n)
+    return stats
 
 
 def add_salience(session: Session, user_id: int, deltas: dict[int, float], bound: float) -> int:

@@ -103,7 +103,8 @@ def import_user(
     user = store.get_or_create_user(session, tenant_id, external_user_id)
     # Locked so two imports into one new user cannot both find it empty.
     session.execute(select(EndUser.id).where(EndUser.id == user.id).with_for_update())
-    if store.count_units(session, user.id) or any(store.user_stats(session, user.id)[0].values()):
+    held = store.user_stats(session, [user.id])[user.id]
+    if held.messages or held.sessions or held.edges or held.by_kind:
         raise Conflict(f"user {external_user_id!r} already has memory; import only into a new or empty user")
 
     chats = {
