@@ -237,19 +237,7 @@ def show_index_health(
         health = index_health.index_health(session, state.index, tenant)
     users = None
     if health.users is not None:
-        users = [
-            AdminIndexUser(
-                user_id=u.user,
-                postgres_vectors=u.postgres,
-                faiss_vectors=u.faiss,
-                missing=u.missing,
-                unexpected=u.unexpected,
-                duplicates=u.duplicates,
-                index_type=u.index_type,
-                ok=u.ok,
-            )
-            for u in health.users
-        ]
+        users = [AdminIndexUser.model_validate(u, from_attributes=True) for u in health.users]
     return AdminIndexHealth(
         ok=health.ok,
         model=health.model,
@@ -257,20 +245,10 @@ def show_index_health(
         index_seq=health.index_seq,
         db_seq=health.db_seq,
         applied=health.applied,
-        postgres_vectors=sum(t.postgres for t in health.tenants),
-        faiss_vectors=sum(t.faiss for t in health.tenants) + health.orphan_vectors,
+        postgres_vectors=sum(t.postgres_vectors for t in health.tenants),
+        faiss_vectors=sum(t.faiss_vectors for t in health.tenants) + health.orphan_vectors,
         orphan_vectors=health.orphan_vectors,
-        tenants=[
-            AdminIndexTenant(
-                tenant=t.tenant,
-                users=t.users,
-                postgres_vectors=t.postgres,
-                faiss_vectors=t.faiss,
-                mismatched_users=t.mismatched_users,
-                ok=t.ok,
-            )
-            for t in health.tenants
-        ],
+        tenants=[AdminIndexTenant.model_validate(t, from_attributes=True) for t in health.tenants],
         users=users,
     )
 

@@ -14,9 +14,11 @@ from memsvc.tables import EndUser, MemoryUnit, Tenant
 
 @dataclass(frozen=True)
 class UserHealth:
-    user: str
-    postgres: int
-    faiss: int
+    """One user's index against Postgres (field names are the admin API's)."""
+
+    user_id: str
+    postgres_vectors: int
+    faiss_vectors: int
     missing: int  # ids Postgres has that the index lacks
     unexpected: int  # ids the index has that Postgres does not (for this model)
     duplicates: int  # entries beyond one per id
@@ -31,8 +33,8 @@ class UserHealth:
 class TenantHealth:
     tenant: str
     users: int
-    postgres: int
-    faiss: int
+    postgres_vectors: int
+    faiss_vectors: int
     mismatched_users: int
 
     @property
@@ -89,8 +91,8 @@ def index_health(session: Session, index: VectorIndex, tenant_name: str | None =
         TenantHealth(
             tenant=names[tid],
             users=len(uids),
-            postgres=sum(expected.get(u, 0) for u in uids),
-            faiss=sum(held.get(u, 0) for u in uids),
+            postgres_vectors=sum(expected.get(u, 0) for u in uids),
+            faiss_vectors=sum(held.get(u, 0) for u in uids),
             mismatched_users=sum(1 for u in uids if expected.get(u, 0) != held.get(u, 0)),
         )
         for tid, uids in sorted(by_tenant.items())
@@ -128,9 +130,9 @@ def _user_health(
         held, total = index.ids(uid), index.count(uid)
         out.append(
             UserHealth(
-                user=users_of[uid][1],
-                postgres=len(wanted[uid]),
-                faiss=total,
+                user_id=users_of[uid][1],
+                postgres_vectors=len(wanted[uid]),
+                faiss_vectors=total,
                 missing=len(wanted[uid] - held),
                 unexpected=len(held - wanted[uid]),
                 duplicates=total - len(held),
